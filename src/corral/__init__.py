@@ -1,0 +1,1 @@
+"""corral: spawn and manage many child processes from one asyncio program."""

@@ -1,0 +1,207 @@
+"""Every way a corral call can fail, in one tree under :class:`CorralError`.
+
+There are three groups:
+
+* errors in what the caller built (:class:`CmdError`, :class:`CmdOptionsError`, :class:`SerdeError`),
+  raised at construction, before anything runs;
+* one class per operation (:class:`SpawnProcessError`, :class:`KillProcessError`, ...): catch it
+  to handle anything that operation can raise;
+* shared cases (:class:`ProcessNotFoundError`, :class:`ManagerAbortedError`,
+  :class:`MessagingNotConfiguredError`): the exception actually raised is an instance of both the
+  shared class and the operation's class, so both styles work::
+
+      try:
+          await handle.kill(process_id)
+      except ProcessNotFoundError:   # or: except KillProcessError:
+          ...
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, TypeVar, cast
+
+if TYPE_CHECKING:
+    from ._model import ProcessId
+
+__all__ = [
+    "CmdError",
+    "CmdOptionsError",
+    "CorralError",
+    "GetLogsError",
+    "GetProcessInfoError",
+    "KillProcessError",
+    "LoggingNotConfiguredError",
+    "LostMessagesError",
+    "ManagerAbortedError",
+    "MessagingNotConfiguredError",
+    "ProcessNotFoundError",
+    "ReadMessageError",
+    "ReceiveDeserializedMessageError",
+    "ReceiveMessageError",
+    "SerdeError",
+    "SpawnProcessError",
+    "WriteMessageError",
+]
+
+
+class CorralError(Exception):
+    """Base of every exception corral raises; ``process_id`` names the process when there is one."""
+
+    process_id: ProcessId | None
+
+    def __init__(self, message: str, *, process_id: ProcessId | None = None) -> None:
+        super().__init__(message)
+        self.process_id = process_id
+
+
+# --- errors in what the caller built --------------------------------------------------------
+
+
+class CmdError(CorralError, ValueError):
+    """A command cannot be built: an empty or unparsable command line, an empty program name."""
+
+
+class CmdOptionsError(CorralError, ValueError):
+    """``CmdOptions`` got a bad value or a conflicting combination (e.g. stdout for logs and messages)."""
+
+
+class SerdeError(CorralError, ValueError):
+    """A value could not be encoded to, or decoded from, a message format; the text says why."""
+
+
+# --- one class per operation ------------------------------------------------------------------
+
+
+class SpawnProcessError(CorralError):
+    """Spawning failed: missing program, not executable, bad ``current_dir``, unwritable dir, ...
+
+    The underlying ``OSError`` (when there is one) is the ``__cause__``. Nothing is left behind.
+    """
+
+
+class KillProcessError(CorralError):
+    """``kill``, ``terminate`` or ``send_signal`` failed."""
+
+
+class GetProcessInfoError(CorralError):
+    """``get_process_info`` or ``wait`` failed."""
+
+
+class GetLogsError(CorralError):
+    """Reading a process's logs failed (stream not captured, log file gone, ...)."""
+
+
+class WriteMessageError(CorralError):
+    """``send_message`` failed: no message input configured, the child closed its input, ..."""
+
+
+class ReadMessageError(CorralError):
+    """``subscribe_message_stream`` failed: no message output configured, unknown process, ..."""
+
+
+class ReceiveMessageError(CorralError):
+    """Reading the next item from a ``MessageStream`` failed."""
+
+
+class LostMessagesError(ReceiveMessageError):
+    """The subscriber fell behind by more than the buffer capacity; ``count`` messages were dropped.
+
+    The stream goes on with the oldest message still buffered.
+    """
+
+    count: int
+
+    def __init__(self, count: int, *, process_id: ProcessId | None = None) -> None:
+        who = f" from process {process_id}" if process_id is not None else ""
+        super().__init__(
+            f"subscriber lagged behind and lost {count} message(s){who}", process_id=process_id
+        )
+        self.count = count
+
+
+class ReceiveDeserializedMessageError(CorralError):
+    """One item of a ``.strings()`` or ``.decoded()`` stream could not be converted.
+
+    ``data`` holds the raw bytes of the message; the stream goes on with the next one.
+    """
+
+    data: bytes
+
+    def __init__(
+        self, message: str, data: bytes = b"", *, process_id: ProcessId | None = None
+    ) -> None:
+        super().__init__(message, process_id=process_id)
+        self.data = data
+
+
+# --- shared cases, raised combined with the operation's class --------------------------------
+
+
+class ProcessNotFoundError(CorralError):
+    """No process with this id: it was never spawned here, or it was killed."""
+
+    def __init__(self, process_id: ProcessId) -> None:
+        super().__init__(
+            f"process {process_id} not found (never spawned by this manager, or already killed)",
+            process_id=process_id,
+        )
+
+
+class ManagerAbortedError(CorralError):
+    """The manager was aborted (or its event loop is gone); no call can succeed any more."""
+
+    def __init__(self, message: str = "the process manager was aborted") -> None:
+        super().__init__(message)
+
+
+class MessagingNotConfiguredError(CorralError):
+    """The process was spawned without the message input or output this call needs."""
+
+    def __init__(self, process_id: ProcessId, direction: str) -> None:
+        super().__init__(
+            f"process {process_id} has no message {direction} configured: spawn it with "
+            f"CmdOptions(message_{direction}=MessagingType.STANDARD_IO or NAMED_PIPE)",
+            process_id=process_id,
+        )
+
+
+class LoggingNotConfiguredError(GetLogsError):
+    """The requested stream was not captured: the process's ``logging_type`` does not include it."""
+
+    def __init__(self, process_id: ProcessId, stream: str) -> None:
+        super().__init__(
+            f"process {process_id} does not capture {stream}: spawn it with "
+            f"CmdOptions(logging_type=LoggingType.{stream.upper()}_ONLY, STDOUT_AND_STDERR or "
+            f"STDOUT_AND_STDERR_MERGED)",
+            process_id=process_id,
+        )
+
+
+_E = TypeVar("_E", bound=CorralError)
+
+
+@functools.cache
+def _combined(operation: type[CorralError], shared: type[CorralError]) -> type[CorralError]:
+    name = f"{operation.__name__}[{shared.__name__}]"
+    cls = type(name, (operation, shared), {"__module__": "corral", "__doc__": shared.__doc__})
+    return cls
+
+
+def process_not_found(operation: type[_E], process_id: ProcessId) -> _E:
+    """An error that is both ``operation`` and :class:`ProcessNotFoundError`."""
+    return cast(_E, _combined(operation, ProcessNotFoundError)(process_id))  # type: ignore[call-arg]
+
+
+def manager_aborted(operation: type[_E], message: str | None = None) -> _E:
+    """An error that is both ``operation`` and :class:`ManagerAbortedError`."""
+    cls = _combined(operation, ManagerAbortedError)
+    if message is None:
+        return cast(_E, cls())  # type: ignore[call-arg]
+    return cast(_E, cls(message))
+
+
+def messaging_not_configured(operation: type[_E], process_id: ProcessId, direction: str) -> _E:
+    """An error that is both ``operation`` and :class:`MessagingNotConfiguredError`."""
+    cls = _combined(operation, MessagingNotConfiguredError)
+    return cast(_E, cls(process_id, direction))  # type: ignore[call-arg]

@@ -1,1 +1,92 @@
-"""corral: spawn and manage many child processes from one asyncio program."""
+"""corral: spawn and manage many child processes from one asyncio program.
+
+>>> import asyncio
+>>> from corral import Cmd, ProcessManager
+>>> async def main() -> None:
+...     async with ProcessManager.spawn() as handle:
+...         pid = await handle.spawn(Cmd("echo", ["hello"]))
+...         print((await handle.wait(pid)).exit_status)
+>>> asyncio.run(main())
+exit code 0
+"""
+
+from ._errors import (
+    CmdError,
+    CmdOptionsError,
+    CorralError,
+    GetLogsError,
+    GetProcessInfoError,
+    KillProcessError,
+    LoggingNotConfiguredError,
+    LostMessagesError,
+    ManagerAbortedError,
+    MessagingNotConfiguredError,
+    ProcessNotFoundError,
+    ReadMessageError,
+    ReceiveDeserializedMessageError,
+    ReceiveMessageError,
+    SerdeError,
+    SpawnProcessError,
+    WriteMessageError,
+)
+from ._handle import ProcessHandle, ProcessManagerHandle, ScopedProcessHandle
+from ._manager import ProcessManager
+from ._model import (
+    INPUT_PIPE_ENV_NAME,
+    OUTPUT_PIPE_ENV_NAME,
+    PROCESS_DATA_DIR_ENV_NAME,
+    SCRIPT_FILE_PATH_PLACEHOLDER,
+    Cmd,
+    CmdOptions,
+    ExitStatus,
+    LoggingType,
+    MessagingType,
+    ProcessId,
+    ProcessInfo,
+    Runnable,
+    Script,
+    ScriptingLanguage,
+    ScriptRunConfig,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "INPUT_PIPE_ENV_NAME",
+    "OUTPUT_PIPE_ENV_NAME",
+    "PROCESS_DATA_DIR_ENV_NAME",
+    "SCRIPT_FILE_PATH_PLACEHOLDER",
+    "Cmd",
+    "CmdError",
+    "CmdOptions",
+    "CmdOptionsError",
+    "CorralError",
+    "ExitStatus",
+    "GetLogsError",
+    "GetProcessInfoError",
+    "KillProcessError",
+    "LoggingNotConfiguredError",
+    "LoggingType",
+    "LostMessagesError",
+    "ManagerAbortedError",
+    "MessagingNotConfiguredError",
+    "MessagingType",
+    "ProcessHandle",
+    "ProcessId",
+    "ProcessInfo",
+    "ProcessManager",
+    "ProcessManagerHandle",
+    "ProcessNotFoundError",
+    "ReadMessageError",
+    "ReceiveDeserializedMessageError",
+    "ReceiveMessageError",
+    "Runnable",
+    "ScopedProcessHandle",
+    "Script",
+    "ScriptRunConfig",
+    "ScriptingLanguage",
+    "SerdeError",
+    "SpawnProcessError",
+    "WriteMessageError",
+    "__version__",
+]

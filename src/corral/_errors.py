@@ -2,8 +2,8 @@
 
 There are three groups:
 
-* errors in what the caller built (:class:`CmdError`, :class:`CmdOptionsError`, :class:`SerdeError`),
-  raised at construction, before anything runs;
+* errors in what the caller built (:class:`CmdError`, :class:`CmdOptionsError`,
+  :class:`SerdeError`), raised at construction, before anything runs;
 * one class per operation (:class:`SpawnProcessError`, :class:`KillProcessError`, ...): catch it
   to handle anything that operation can raise;
 * shared cases (:class:`ProcessNotFoundError`, :class:`ManagerAbortedError`,
@@ -18,8 +18,7 @@ There are three groups:
 
 from __future__ import annotations
 
-import functools
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 if TYPE_CHECKING:
     from ._model import ProcessId
@@ -63,7 +62,7 @@ class CmdError(CorralError, ValueError):
 
 
 class CmdOptionsError(CorralError, ValueError):
-    """``CmdOptions`` got a bad value or a conflicting combination (e.g. stdout for logs and messages)."""
+    """``CmdOptions`` got a bad value or a conflicting pair (stdout for logs and messages)."""
 
 
 class SerdeError(CorralError, ValueError):
@@ -180,28 +179,32 @@ class LoggingNotConfiguredError(GetLogsError):
 
 _E = TypeVar("_E", bound=CorralError)
 
+_COMBINED: dict[tuple[type[CorralError], type[CorralError]], Any] = {}
 
-@functools.cache
-def _combined(operation: type[CorralError], shared: type[CorralError]) -> type[CorralError]:
-    name = f"{operation.__name__}[{shared.__name__}]"
-    cls = type(name, (operation, shared), {"__module__": "corral", "__doc__": shared.__doc__})
+
+def _combined(operation: type[CorralError], shared: type[CorralError]) -> Any:
+    """The class that is both ``operation`` and ``shared`` (made once, then reused)."""
+    if issubclass(operation, shared):
+        return operation
+    cls = _COMBINED.get((operation, shared))
+    if cls is None:
+        name = f"{operation.__name__}[{shared.__name__}]"
+        cls = type(name, (operation, shared), {"__module__": "corral", "__doc__": shared.__doc__})
+        _COMBINED[operation, shared] = cls
     return cls
 
 
 def process_not_found(operation: type[_E], process_id: ProcessId) -> _E:
     """An error that is both ``operation`` and :class:`ProcessNotFoundError`."""
-    return cast(_E, _combined(operation, ProcessNotFoundError)(process_id))  # type: ignore[call-arg]
+    return cast(_E, _combined(operation, ProcessNotFoundError)(process_id))
 
 
 def manager_aborted(operation: type[_E], message: str | None = None) -> _E:
     """An error that is both ``operation`` and :class:`ManagerAbortedError`."""
     cls = _combined(operation, ManagerAbortedError)
-    if message is None:
-        return cast(_E, cls())  # type: ignore[call-arg]
-    return cast(_E, cls(message))
+    return cast(_E, cls() if message is None else cls(message))
 
 
 def messaging_not_configured(operation: type[_E], process_id: ProcessId, direction: str) -> _E:
     """An error that is both ``operation`` and :class:`MessagingNotConfiguredError`."""
-    cls = _combined(operation, MessagingNotConfiguredError)
-    return cast(_E, cls(process_id, direction))  # type: ignore[call-arg]
+    return cast(_E, _combined(operation, MessagingNotConfiguredError)(process_id, direction))

@@ -1,0 +1,234 @@
+"""Handles: how callers talk to the manager, only by message passing.
+
+:class:`ProcessManagerHandle` posts requests to the manager's loop and awaits the reply on the
+caller's own loop, so it works from any task and from other threads' loops. :class:`ProcessHandle`
+binds a handle to one process id; :class:`ScopedProcessHandle` also kills that process when its
+``async with`` block ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from ._errors import (
+    CorralError,
+    ManagerAbortedError,
+    ProcessNotFoundError,
+    SpawnProcessError,
+    manager_aborted,
+)
+from ._model import ProcessId, ProcessInfo, Runnable
+from ._requests import Abort, Envelope, GetInfo, Kill, ListProcesses, Request, Spawn, Wait
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+__all__ = ["ProcessHandle", "ProcessManagerHandle", "ScopedProcessHandle"]
+
+T = TypeVar("T")
+
+
+class _Mailbox(Protocol):
+    """The manager as a handle sees it: a loop and a way to post to it."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    def deliver(self, envelope: Envelope[Any]) -> None: ...
+
+
+class ProcessManagerHandle:
+    """The way to a :class:`ProcessManager`: cheap to copy, safe to share across tasks and threads.
+
+    Every method posts a request to the manager and awaits its reply; nothing is shared but the
+    queue. ``async with handle:`` aborts the manager at the end of the block.
+
+    >>> async def main() -> None:
+    ...     async with ProcessManager.spawn() as handle:
+    ...         pid = await handle.spawn(Cmd("sleep", ["10"]))
+    ...         print((await handle.get_process_info(pid)).is_running)
+    ...         await handle.kill(pid)
+    >>> asyncio.run(main())
+    True
+    """
+
+    __slots__ = ("_mailbox",)
+
+    def __init__(self, mailbox: _Mailbox) -> None:
+        self._mailbox = mailbox
+
+    def clone(self) -> ProcessManagerHandle:
+        """Another handle to the same manager (sharing the object works just as well)."""
+        return ProcessManagerHandle(self._mailbox)
+
+    __copy__ = clone
+
+    async def _call(self, request: Request[T]) -> T:
+        caller = asyncio.get_running_loop()
+        reply: asyncio.Future[T] = caller.create_future()
+        envelope = Envelope(request, reply, caller)
+        self._post(envelope)
+        return await reply
+
+    def _post(self, envelope: Envelope[Any]) -> None:
+        mailbox = self._mailbox
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is mailbox.loop:
+            mailbox.deliver(envelope)
+            return
+        try:
+            mailbox.loop.call_soon_threadsafe(mailbox.deliver, envelope)
+        except RuntimeError as exc:  # the manager's loop is closed
+            raise manager_aborted(
+                envelope.request.error, "the process manager's event loop is closed"
+            ) from exc
+
+    def _post_nowait(self, request: Request[Any]) -> None:
+        """Post a request nobody awaits (from finalizers: never blocks, never raises)."""
+        with contextlib.suppress(CorralError):
+            self._post(Envelope(request))
+
+    # --- spawning -------------------------------------------------------------------------
+
+    async def spawn(self, runnable: Runnable) -> ProcessId:
+        """Start a :class:`Cmd`, a :class:`Script` or any :class:`Runnable`; return its id.
+
+        Raises :class:`SpawnProcessError` (with the ``OSError`` as ``__cause__``) for a missing or
+        non-executable program, a bad ``current_dir``, an unwritable working dir; nothing is
+        left behind then.
+        """
+        if not isinstance(runnable, Runnable):
+            raise SpawnProcessError(
+                f"cannot spawn {runnable!r}: not a Runnable (Cmd, Script, or an object with "
+                f"bootstrap_cmd and clean_after_fail)"
+            )
+        return await self._call(Spawn(runnable))
+
+    async def spawn_with_handle(self, runnable: Runnable) -> ProcessHandle:
+        """Like :meth:`spawn`, returning a :class:`ProcessHandle` bound to the new process."""
+        return ProcessHandle(self, await self.spawn(runnable))
+
+    async def spawn_with_scoped_handle(self, runnable: Runnable) -> ScopedProcessHandle:
+        """Like :meth:`spawn`; the process is killed when the handle's ``async with`` ends.
+
+        >>> async with await handle.spawn_with_scoped_handle(Cmd("sleep", ["60"])) as proc:
+        ...     info = await proc.get_process_info()
+        """
+        return ScopedProcessHandle(self, await self.spawn(runnable))
+
+    # --- state ----------------------------------------------------------------------------
+
+    async def get_process_info(self, process_id: ProcessId) -> ProcessInfo:
+        """A snapshot: pid, whether it runs, its exit status once it ended."""
+        return await self._call(GetInfo(process_id))
+
+    async def wait(self, process_id: ProcessId, timeout: float | None = None) -> ProcessInfo:
+        """Wait for the process to exit and return its final info.
+
+        Driven by the exit event, not by polling. After ``timeout`` seconds raises
+        ``TimeoutError`` and leaves the process running.
+        """
+        if timeout is None:
+            return await self._call(Wait(process_id))
+        return await asyncio.wait_for(self._call(Wait(process_id)), timeout)
+
+    async def list_processes(self) -> list[ProcessId]:
+        """The ids of every process the manager knows (running, or exited and not killed)."""
+        return await self._call(ListProcesses())
+
+    # --- ending ---------------------------------------------------------------------------
+
+    async def kill(self, process_id: ProcessId) -> None:
+        """SIGKILL the process's group if running, reap it, delete its dir, forget its id."""
+        await self._call(Kill(process_id))
+
+    async def abort(self) -> None:
+        """Kill every process and stop the manager; every later call raises ManagerAbortedError."""
+        await self._call(Abort())
+
+    async def __aenter__(self) -> ProcessManagerHandle:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with contextlib.suppress(ManagerAbortedError):
+            await self.abort()
+
+
+class ProcessHandle:
+    """A :class:`ProcessManagerHandle` bound to one process: the same methods without the id.
+
+    Dropping it does nothing to the process.
+    """
+
+    __slots__ = ("_handle", "id")
+
+    def __init__(self, handle: ProcessManagerHandle, process_id: ProcessId) -> None:
+        self._handle = handle
+        #: The process this handle is bound to.
+        self.id = process_id
+
+    @property
+    def manager(self) -> ProcessManagerHandle:
+        """The manager's handle."""
+        return self._handle
+
+    async def get_process_info(self) -> ProcessInfo:
+        """See :meth:`ProcessManagerHandle.get_process_info`."""
+        return await self._handle.get_process_info(self.id)
+
+    async def wait(self, timeout: float | None = None) -> ProcessInfo:
+        """See :meth:`ProcessManagerHandle.wait`."""
+        return await self._handle.wait(self.id, timeout)
+
+    async def kill(self) -> None:
+        """See :meth:`ProcessManagerHandle.kill`."""
+        await self._handle.kill(self.id)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.id})"
+
+
+class ScopedProcessHandle(ProcessHandle):
+    """A :class:`ProcessHandle` that kills its process when the ``async with`` block ends.
+
+    The kill happens on normal exit and on an exception. If the handle is garbage-collected
+    while its process runs, a kill request is posted (best effort; never blocks).
+
+    >>> async with await handle.spawn_with_scoped_handle(Cmd("sleep", ["60"])) as proc:
+    ...     ...  # the sleep is killed here
+    """
+
+    __slots__ = ("_done",)
+
+    def __init__(self, handle: ProcessManagerHandle, process_id: ProcessId) -> None:
+        super().__init__(handle, process_id)
+        self._done = False
+
+    async def __aenter__(self) -> ScopedProcessHandle:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._done = True
+        # Already killed, or the manager is gone: the process is gone too.
+        with contextlib.suppress(ProcessNotFoundError, ManagerAbortedError):
+            await self.kill()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_done", True):
+            self._done = True
+            self._handle._post_nowait(Kill(self.id))

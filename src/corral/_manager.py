@@ -1,0 +1,232 @@
+"""The manager: one asyncio task (an actor) that owns the table of processes.
+
+Everything a handle asks arrives as a request in the actor's queue; one handler per request
+answers it. The table is touched only by the actor, so there are no locks. Handlers never block
+the loop for long: a spawn is a ``vfork``+``exec``, a kill sends a signal and finishes in a small
+task once the exit event arrives.
+
+If the loop stops without ``abort()`` (``asyncio.run`` returning, the task cancelled or
+collected) or the interpreter exits, the manager still kills and reaps every child and removes
+its dirs, synchronously.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from ._errors import (
+    CorralError,
+    KillProcessError,
+    SpawnProcessError,
+    manager_aborted,
+    process_not_found,
+)
+from ._handle import ProcessManagerHandle
+from ._model import ProcessId
+from ._process import ManagedProcess
+from ._requests import Abort, Envelope, GetInfo, Kill, ListProcesses, Spawn, Wait
+from ._spawn import spawn_child
+
+__all__ = ["ProcessManager"]
+
+# Managers not yet shut down. Held strongly so an unreferenced manager's task is not collected
+# while it still owns children, and so that interpreter exit can kill them.
+_LIVE: set[ProcessManager] = set()
+
+
+@atexit.register
+def _shutdown_all_at_exit() -> None:
+    for manager in list(_LIVE):
+        manager.shutdown_now()
+
+
+def _check_working_dir(path: Path) -> None:
+    if not path.exists():
+        raise FileNotFoundError(2, "working dir does not exist", str(path))
+    if not path.is_dir():
+        raise NotADirectoryError(20, "working dir is not a directory", str(path))
+    # access() says yes to root on a read-only file system; a real probe does not lie.
+    probe = tempfile.mkdtemp(prefix=".corral-probe-", dir=path)
+    os.rmdir(probe)
+
+
+class ProcessManager:
+    """Spawns and manages child processes; reached only through a :class:`ProcessManagerHandle`.
+
+    >>> async def main() -> None:
+    ...     async with ProcessManager.spawn() as handle:
+    ...         pid = await handle.spawn(Cmd("true"))
+    ...         info = await handle.wait(pid)
+    ...         assert info.exit_status.success
+    >>> asyncio.run(main())
+    """
+
+    @classmethod
+    def spawn(cls, working_dir: str | os.PathLike[str] | None = None) -> ProcessManagerHandle:
+        """Start a manager on the running loop and return its handle.
+
+        ``working_dir`` receives one dir per process; it must exist and be writable (``OSError``
+        at once otherwise). With ``None`` the manager makes a private temp dir (0700) and
+        removes it on ``abort()``.
+        """
+        loop = asyncio.get_running_loop()
+        if working_dir is None:
+            path, owned = Path(tempfile.mkdtemp(prefix="corral-")), True
+        else:
+            path, owned = Path(working_dir).absolute(), False
+            _check_working_dir(path)
+        return ProcessManagerHandle(cls(loop, path, owned))
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, working_dir: Path, owned: bool) -> None:
+        self.loop = loop
+        self.working_dir = working_dir
+        self._owns_working_dir = owned
+        self._queue: asyncio.Queue[Envelope[Any]] = asyncio.Queue()
+        self._processes: dict[ProcessId, ManagedProcess] = {}
+        # Killed processes whose exit is still awaited: out of the table, not yet released.
+        self._dying: set[ManagedProcess] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False  # no new requests
+        self._released = False  # every child reaped, every resource released
+        self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        _LIVE.add(self)
+        self._task = loop.create_task(self._run(), name=f"corral-manager-{working_dir.name}")
+
+    # --- the mailbox ----------------------------------------------------------------------
+
+    def deliver(self, envelope: Envelope[Any]) -> None:
+        """Take a request into the queue; runs on the manager's loop."""
+        if self._closed:
+            envelope.fail(manager_aborted(envelope.request.error))
+        else:
+            self._queue.put_nowait(envelope)
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                envelope = await self._queue.get()
+                if isinstance(envelope.request, Abort):
+                    await self._abort(envelope)
+                    return
+                try:
+                    self._handle(envelope)
+                except CorralError as exc:
+                    envelope.fail(exc)
+                except Exception as exc:  # a bug must reach the caller, not kill the actor
+                    envelope.fail(exc)
+        finally:
+            if not self._released:  # cancelled or collected before abort() finished
+                self.shutdown_now()
+
+    def _handle(self, envelope: Envelope[Any]) -> None:
+        request = envelope.request
+        match request:
+            case Spawn(runnable):
+                self._on_spawn(envelope, runnable)
+            case GetInfo(process_id):
+                envelope.resolve(self._get(process_id, request.error).info())
+            case Wait(process_id):
+                self._on_wait(envelope, self._get(process_id, request.error))
+            case Kill(process_id):
+                self._on_kill(envelope, process_id)
+            case ListProcesses():
+                envelope.resolve(list(self._processes))
+            case _:
+                raise TypeError(f"unknown request {request!r}")
+
+    def _get(self, process_id: ProcessId, error: type[CorralError]) -> ManagedProcess:
+        process = self._processes.get(process_id)
+        if process is None:
+            raise process_not_found(error, process_id)
+        return process
+
+    def _start(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- handlers -------------------------------------------------------------------------
+
+    def _on_spawn(self, envelope: Envelope[Any], runnable: Any) -> None:
+        process_id = ProcessId.new()
+        try:
+            child = spawn_child(process_id, runnable, self.working_dir, self._devnull)
+        except SpawnProcessError:
+            raise
+        except Exception as exc:  # a Runnable that misbehaves in an unexpected way
+            raise SpawnProcessError(
+                f"cannot spawn process {process_id}: {exc!r}", process_id=process_id
+            ) from exc
+        process = ManagedProcess(process_id, child, self.loop)
+        self._processes[process_id] = process
+        if envelope.abandoned:  # the caller was cancelled: nobody will ever know this id
+            self._on_kill(Envelope(Kill(process_id)), process_id)
+        else:
+            envelope.resolve(process_id)
+
+    def _on_wait(self, envelope: Envelope[Any], process: ManagedProcess) -> None:
+        if process.exited.done():
+            envelope.resolve(process.exited.result())
+        else:
+            process.exited.add_done_callback(lambda done: envelope.resolve(done.result()))
+
+    def _on_kill(self, envelope: Envelope[Any], process_id: ProcessId) -> None:
+        process = self._processes.pop(process_id, None)
+        if process is None:
+            raise process_not_found(KillProcessError, process_id)
+        self._dying.add(process)
+        process.signal_group(signal.SIGKILL)
+        self._start(self._finish_kill(process, envelope))
+
+    async def _finish_kill(self, process: ManagedProcess, envelope: Envelope[Any]) -> None:
+        await asyncio.shield(process.exited)
+        process.close()
+        self._dying.discard(process)
+        envelope.resolve(None)
+
+    async def _abort(self, envelope: Envelope[Any]) -> None:
+        self._closed = True
+        processes = [*self._processes.values(), *self._dying]
+        self._processes.clear()
+        for process in processes:
+            process.signal_group(signal.SIGKILL)
+        if processes:
+            await asyncio.gather(*(asyncio.shield(p.exited) for p in processes))
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._release(processes)
+        envelope.resolve(None)
+
+    # --- shutdown -------------------------------------------------------------------------
+
+    def shutdown_now(self) -> None:
+        """Kill and reap every child, release everything, synchronously (no loop needed)."""
+        self._closed = True
+        processes = [*self._processes.values(), *self._dying]
+        self._processes.clear()
+        for process in processes:
+            process.kill_and_reap_blocking()
+        self._release(processes)
+
+    def _release(self, processes: list[ManagedProcess]) -> None:
+        for process in processes:
+            process.close()
+        self._dying.clear()
+        while not self._queue.empty():
+            envelope = self._queue.get_nowait()
+            envelope.fail(manager_aborted(envelope.request.error))
+        if self._owns_working_dir:
+            shutil.rmtree(self.working_dir, ignore_errors=True)
+        if self._devnull >= 0:
+            os.close(self._devnull)
+            self._devnull = -1
+        self._released = True
+        _LIVE.discard(self)

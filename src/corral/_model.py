@@ -1,0 +1,524 @@
+"""What can be spawned and what is known about it: commands, scripts, options, ids and info."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import shlex
+import signal
+import sys
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from ._errors import CmdError, CmdOptionsError
+
+__all__ = [
+    "INPUT_PIPE_ENV_NAME",
+    "OUTPUT_PIPE_ENV_NAME",
+    "PROCESS_DATA_DIR_ENV_NAME",
+    "SCRIPT_FILE_PATH_PLACEHOLDER",
+    "Cmd",
+    "CmdOptions",
+    "ExitStatus",
+    "LoggingType",
+    "MessagingType",
+    "ProcessId",
+    "ProcessInfo",
+    "Runnable",
+    "Script",
+    "ScriptRunConfig",
+    "ScriptingLanguage",
+]
+
+#: Environment variable holding the child's private data directory (always set).
+PROCESS_DATA_DIR_ENV_NAME = "PROCESS_DATA_DIR"
+#: Environment variable holding the FIFO the child reads messages from (named-pipe input).
+INPUT_PIPE_ENV_NAME = "INPUT_PIPE"
+#: Environment variable holding the FIFO the child writes messages to (named-pipe output).
+OUTPUT_PIPE_ENV_NAME = "OUTPUT_PIPE"
+#: Placeholder in :class:`ScriptRunConfig` args, replaced by the script file's path.
+SCRIPT_FILE_PATH_PLACEHOLDER = "@FILE_PATH"
+
+
+# --- identity and state -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessId:
+    """The id of a spawned process: a random UUID4, hashable, ``str()`` gives the canonical text.
+
+    >>> pid = ProcessId.new()
+    >>> ProcessId.parse(str(pid)) == pid
+    True
+    """
+
+    uuid: uuid.UUID
+
+    @classmethod
+    def new(cls) -> ProcessId:
+        """A fresh random id."""
+        return cls(uuid.uuid4())
+
+    @classmethod
+    def parse(cls, text: str) -> ProcessId:
+        """The id whose canonical text is ``text`` (``ValueError`` if it is not a UUID)."""
+        return cls(uuid.UUID(text))
+
+    def __str__(self) -> str:
+        return str(self.uuid)
+
+    def __repr__(self) -> str:
+        return f"ProcessId('{self.uuid}')"
+
+
+@dataclass(frozen=True, slots=True)
+class ExitStatus:
+    """How a process ended: an exit ``code``, or the ``signal`` that killed it.
+
+    >>> ExitStatus.from_returncode(-9)
+    ExitStatus(code=None, signal=9, success=False)
+    """
+
+    code: int | None
+    signal: int | None
+    success: bool
+
+    @classmethod
+    def from_returncode(cls, returncode: int) -> ExitStatus:
+        """Convert a ``subprocess`` return code (negative: killed by that signal)."""
+        if returncode < 0:
+            return cls(code=None, signal=-returncode, success=False)
+        return cls(code=returncode, signal=None, success=returncode == 0)
+
+    def __str__(self) -> str:
+        if self.signal is not None:
+            try:
+                name = signal.Signals(self.signal).name
+            except ValueError:
+                name = f"signal {self.signal}"
+            return f"killed by {name}"
+        return f"exit code {self.code}"
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    """A snapshot of a process: its OS ``pid`` (kept after exit), whether it runs, how it ended."""
+
+    pid: int | None
+    exit_status: ExitStatus | None
+    is_running: bool
+
+
+# --- options ----------------------------------------------------------------------------------
+
+
+class MessagingType(enum.Enum):
+    """How messages travel between parent and child."""
+
+    #: The child's stdin / stdout.
+    STANDARD_IO = "standard_io"
+    #: FIFOs in the process dir, named by ``INPUT_PIPE`` / ``OUTPUT_PIPE`` in the child's env.
+    NAMED_PIPE = "named_pipe"
+
+
+class LoggingType(enum.Enum):
+    """Which of the child's output streams are captured to log files."""
+
+    STDOUT_ONLY = "stdout_only"
+    STDERR_ONLY = "stderr_only"
+    #: Two files, one per stream.
+    STDOUT_AND_STDERR = "stdout_and_stderr"
+    #: One file, both streams in the order the child wrote them.
+    STDOUT_AND_STDERR_MERGED = "stdout_and_stderr_merged"
+
+    @property
+    def captures_stdout(self) -> bool:
+        """Whether the child's stdout goes to a log file."""
+        return self is not LoggingType.STDERR_ONLY
+
+    @property
+    def captures_stderr(self) -> bool:
+        """Whether the child's stderr goes to a log file."""
+        return self is not LoggingType.STDOUT_ONLY
+
+
+def _check_env_name(name: object, what: str) -> str:
+    if not isinstance(name, str) or not name or "=" in name or "\0" in name:
+        raise CmdOptionsError(f"{what}: bad environment variable name {name!r}")
+    return name
+
+
+def _validate_current_dir(value: object) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, str | os.PathLike):
+        raise CmdOptionsError(f"current_dir must be a path or None, not {type(value).__name__}")
+    path = Path(value)
+    if not str(path) or "\0" in str(path):
+        raise CmdOptionsError(f"current_dir is not a valid path: {value!r}")
+    return path
+
+
+def _validate_bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise CmdOptionsError(f"{name} must be a bool, not {value!r}")
+    return value
+
+
+def _validate_envs(value: object) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise CmdOptionsError(f"envs must be a mapping of str to str, not {type(value).__name__}")
+    envs: dict[str, str] = {}
+    for key, val in value.items():
+        _check_env_name(key, "envs")
+        if not isinstance(val, str) or "\0" in val:
+            raise CmdOptionsError(f"envs[{key!r}] must be a str without NUL, not {val!r}")
+        envs[key] = val
+    return envs
+
+
+def _validate_envs_to_remove(value: object) -> list[str]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise CmdOptionsError(f"envs_to_remove must be a list of names, not {value!r}")
+    return [_check_env_name(name, "envs_to_remove") for name in value]
+
+
+def _validate_enum(value: object, enum_type: type[enum.Enum], name: str) -> Any:
+    if value is not None and not isinstance(value, enum_type):
+        raise CmdOptionsError(f"{name} must be a {enum_type.__name__} or None, not {value!r}")
+    return value
+
+
+def _validate_capacity(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise CmdOptionsError(f"output_buffer_capacity must be an int > 0, not {value!r}")
+    return value
+
+
+_VALIDATORS: dict[str, Any] = {
+    "current_dir": _validate_current_dir,
+    "clear_envs": lambda v: _validate_bool(v, "clear_envs"),
+    "envs": _validate_envs,
+    "envs_to_remove": _validate_envs_to_remove,
+    "message_input": lambda v: _validate_enum(v, MessagingType, "message_input"),
+    "message_output": lambda v: _validate_enum(v, MessagingType, "message_output"),
+    "logging_type": lambda v: _validate_enum(v, LoggingType, "logging_type"),
+    "output_buffer_capacity": _validate_capacity,
+}
+
+
+@dataclass(kw_only=True, eq=True)
+class CmdOptions:
+    """How to run a command: working directory, environment, messaging and logging.
+
+    Every field is validated when it is set, at construction and later; a bad value or a
+    conflicting combination raises :class:`CmdOptionsError`. Stdout can carry messages or logs,
+    not both: message output over standard I/O with a logging type that captures stdout is a
+    conflict (named-pipe messaging avoids it).
+
+    >>> opts = CmdOptions(envs={"MODE": "fast"}, logging_type=LoggingType.STDOUT_AND_STDERR)
+    >>> opts.output_buffer_capacity = 0
+    Traceback (most recent call last):
+    ...
+    corral._errors.CmdOptionsError: output_buffer_capacity must be an int > 0, not 0
+    """
+
+    #: Working directory of the child (``None``: the parent's).
+    current_dir: Path | None = None
+    #: Start from an empty environment instead of the parent's.
+    clear_envs: bool = False
+    #: Variables to set in the child's environment.
+    envs: dict[str, str] = field(default_factory=dict)
+    #: Variables of the parent's environment to leave out.
+    envs_to_remove: list[str] = field(default_factory=list)
+    #: Where the child reads messages from (``None``: no message input, stdin is /dev/null).
+    message_input: MessagingType | None = None
+    #: Where the child writes messages to (``None``: no message output).
+    message_output: MessagingType | None = None
+    #: Which output streams are captured to log files (``None``: none, they go to /dev/null).
+    logging_type: LoggingType | None = None
+    #: How many output messages are buffered for subscribers (> 0).
+    output_buffer_capacity: int = 16
+
+    def __setattr__(self, name: str, value: object) -> None:
+        validator = _VALIDATORS.get(name)
+        if validator is None:
+            raise AttributeError(f"CmdOptions has no option {name!r}")
+        old = self.__dict__.get(name, _MISSING)
+        object.__setattr__(self, name, validator(value))
+        if len(self.__dict__) == len(_VALIDATORS):  # fully built: check the combination
+            try:
+                self._check_conflicts()
+            except CmdOptionsError:
+                if old is not _MISSING:
+                    object.__setattr__(self, name, old)  # a rejected set changes nothing
+                raise
+
+    def _check_conflicts(self) -> None:
+        if (
+            self.message_output is MessagingType.STANDARD_IO
+            and self.logging_type is not None
+            and self.logging_type.captures_stdout
+        ):
+            raise CmdOptionsError(
+                f"stdout cannot carry both messages and logs (message_output=STANDARD_IO with "
+                f"logging_type={self.logging_type.name}): use MessagingType.NAMED_PIPE for "
+                f"messages, or LoggingType.STDERR_ONLY"
+            )
+
+    def replace(self, **changes: Any) -> CmdOptions:
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def with_standard_io_messaging(cls) -> CmdOptions:
+        """Messages in over stdin and out over stdout."""
+        return cls(
+            message_input=MessagingType.STANDARD_IO, message_output=MessagingType.STANDARD_IO
+        )
+
+    @classmethod
+    def with_named_pipe_messaging(cls) -> CmdOptions:
+        """Messages in and out over FIFOs named by ``INPUT_PIPE`` / ``OUTPUT_PIPE``."""
+        return cls(message_input=MessagingType.NAMED_PIPE, message_output=MessagingType.NAMED_PIPE)
+
+    @classmethod
+    def with_message_input(cls, messaging_type: MessagingType) -> CmdOptions:
+        """Messages in only."""
+        return cls(message_input=messaging_type)
+
+    @classmethod
+    def with_message_output(cls, messaging_type: MessagingType) -> CmdOptions:
+        """Messages out only."""
+        return cls(message_output=messaging_type)
+
+    @classmethod
+    def with_logging(cls, logging_type: LoggingType) -> CmdOptions:
+        """Capture the given streams to log files."""
+        return cls(logging_type=logging_type)
+
+
+_MISSING = object()
+
+
+# --- what can be spawned ----------------------------------------------------------------------
+
+
+@runtime_checkable
+class Runnable(Protocol):
+    """Anything the manager can spawn: it turns itself into a :class:`Cmd` in a process dir.
+
+    ``bootstrap_cmd`` may write files into ``process_dir`` (a script, a config); if the spawn
+    fails afterwards, ``clean_after_fail`` is called once with the same dir.
+    """
+
+    def bootstrap_cmd(self, process_dir: Path) -> Cmd:
+        """The command to run; may prepare files in ``process_dir``."""
+        ...
+
+    def clean_after_fail(self, process_dir: Path) -> None:
+        """Undo what ``bootstrap_cmd`` did, after a failed spawn."""
+        ...
+
+
+class Cmd:
+    """A program and its arguments; no shell is involved (``|``, ``>``, ``$X`` stay literal).
+
+    >>> Cmd("echo", ["hello", "$HOME"]).args
+    ('hello', '$HOME')
+    >>> Cmd.parse("ls -l '/a b'").args
+    ('-l', '/a b')
+    """
+
+    __slots__ = ("_args", "_cmd", "options")
+
+    def __init__(
+        self,
+        cmd: str | os.PathLike[str],
+        args: Iterable[str] = (),
+        options: CmdOptions | None = None,
+    ) -> None:
+        cmd = os.fspath(cmd)
+        if not isinstance(cmd, str) or not cmd or "\0" in cmd:
+            raise CmdError(f"the program name must be a non-empty str without NUL, not {cmd!r}")
+        if isinstance(args, str):
+            raise CmdError(f"args must be an iterable of str, not the str {args!r}")
+        args = tuple(args)
+        for arg in args:
+            if not isinstance(arg, str) or "\0" in arg:
+                raise CmdError(f"each arg must be a str without NUL, not {arg!r}")
+        if options is not None and not isinstance(options, CmdOptions):
+            raise CmdError(f"options must be CmdOptions or None, not {type(options).__name__}")
+        self._cmd = cmd
+        self._args = args
+        self.options = options if options is not None else CmdOptions()
+
+    @classmethod
+    def parse(cls, command_line: str, options: CmdOptions | None = None) -> Cmd:
+        """Split ``command_line`` like ``shlex.split`` (quotes, escapes; no expansion)."""
+        try:
+            parts = shlex.split(command_line)
+        except ValueError as exc:
+            raise CmdError(f"cannot parse command line {command_line!r}: {exc}") from exc
+        if not parts:
+            raise CmdError(f"empty command line {command_line!r}")
+        return cls(parts[0], parts[1:], options)
+
+    @property
+    def cmd(self) -> str:
+        """The program: a name looked up in ``PATH``, or a path."""
+        return self._cmd
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        """The arguments, without the program."""
+        return self._args
+
+    def argv(self) -> list[str]:
+        """Program and arguments, as ``exec`` gets them."""
+        return [self._cmd, *self._args]
+
+    def bootstrap_cmd(self, process_dir: Path) -> Cmd:
+        """A command is already what runs."""
+        return self
+
+    def clean_after_fail(self, process_dir: Path) -> None:
+        """Nothing to clean: a command writes no files."""
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Cmd):
+            return NotImplemented
+        return (self._cmd, self._args, self.options) == (other._cmd, other._args, other.options)
+
+    def __hash__(self) -> int:
+        return hash((self._cmd, self._args))
+
+    def __repr__(self) -> str:
+        return f"Cmd({self._cmd!r}, {list(self._args)!r}, {self.options!r})"
+
+    def __str__(self) -> str:
+        return shlex.join(self.argv())
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptRunConfig:
+    """How to run a script file: ``cmd`` with ``args``, where ``@FILE_PATH`` is the file.
+
+    >>> ScriptRunConfig("deno", ["run", "@FILE_PATH"], "ts").argv(Path("/p/script.ts"))
+    ['deno', 'run', '/p/script.ts']
+    """
+
+    cmd: str
+    args: tuple[str, ...]
+    file_extension: str
+
+    def __init__(self, cmd: str, args: Iterable[str], file_extension: str) -> None:
+        args = tuple(args)
+        if not cmd:
+            raise CmdError("ScriptRunConfig needs an interpreter command")
+        if SCRIPT_FILE_PATH_PLACEHOLDER not in args:
+            raise CmdError(
+                f"ScriptRunConfig args must contain {SCRIPT_FILE_PATH_PLACEHOLDER!r}, got {args!r}"
+            )
+        if "/" in file_extension or "\0" in file_extension:
+            raise CmdError(f"bad script file extension {file_extension!r}")
+        object.__setattr__(self, "cmd", cmd)
+        object.__setattr__(self, "args", args)
+        object.__setattr__(self, "file_extension", file_extension.lstrip("."))
+
+    def argv(self, script_path: Path) -> list[str]:
+        """The interpreter's command line for ``script_path``."""
+        path = str(script_path)
+        return [self.cmd, *(path if a == SCRIPT_FILE_PATH_PLACEHOLDER else a for a in self.args)]
+
+
+class ScriptingLanguage(enum.Enum):
+    """Interpreters corral knows; ``PYTHON`` is the running interpreter (``sys.executable``)."""
+
+    BASH = "bash"
+    PYTHON = "python"
+    PHP = "php"
+    JAVASCRIPT = "javascript"
+    PERL = "perl"
+    LUA = "lua"
+    RUBY = "ruby"
+    GROOVY = "groovy"
+
+    @property
+    def run_config(self) -> ScriptRunConfig:
+        """The interpreter command line for this language."""
+        file = SCRIPT_FILE_PATH_PLACEHOLDER
+        match self:
+            case ScriptingLanguage.BASH:
+                return ScriptRunConfig("bash", [file], "sh")
+            case ScriptingLanguage.PYTHON:
+                return ScriptRunConfig(sys.executable or "python3", ["-u", file], "py")
+            case ScriptingLanguage.PHP:
+                return ScriptRunConfig("php", ["-f", file], "php")
+            case ScriptingLanguage.JAVASCRIPT:
+                return ScriptRunConfig("node", [file], "js")
+            case ScriptingLanguage.PERL:
+                return ScriptRunConfig("perl", [file], "pl")
+            case ScriptingLanguage.LUA:
+                return ScriptRunConfig("lua", [file], "lua")
+            case ScriptingLanguage.RUBY:
+                return ScriptRunConfig("ruby", [file], "rb")
+            case ScriptingLanguage.GROOVY:
+                return ScriptRunConfig("groovy", [file], "groovy")
+
+
+class Script:
+    """Source code run by an interpreter: written to a file in the process dir, then executed.
+
+    >>> script = Script(ScriptingLanguage.BASH, 'echo "hello $1"', args=["world"])
+    """
+
+    __slots__ = ("args", "content", "lang", "options")
+
+    #: Name of the script file in the process dir (plus the language's extension).
+    FILE_STEM = "script"
+
+    def __init__(
+        self,
+        lang: ScriptingLanguage | ScriptRunConfig,
+        content: str,
+        args: Iterable[str] = (),
+        options: CmdOptions | None = None,
+    ) -> None:
+        if not isinstance(lang, ScriptingLanguage | ScriptRunConfig):
+            raise CmdError(f"lang must be a ScriptingLanguage or ScriptRunConfig, not {lang!r}")
+        if isinstance(args, str):
+            raise CmdError(f"args must be an iterable of str, not the str {args!r}")
+        self.lang = lang
+        self.content = content
+        self.args = tuple(args)
+        self.options = options if options is not None else CmdOptions()
+
+    @property
+    def run_config(self) -> ScriptRunConfig:
+        """The interpreter command line used for this script."""
+        return self.lang.run_config if isinstance(self.lang, ScriptingLanguage) else self.lang
+
+    def script_path(self, process_dir: Path) -> Path:
+        """Where the script file goes in ``process_dir``."""
+        return process_dir / f"{self.FILE_STEM}.{self.run_config.file_extension}"
+
+    def bootstrap_cmd(self, process_dir: Path) -> Cmd:
+        """Write the script file (0600) and return the interpreter command that runs it."""
+        path = self.script_path(process_dir)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with open(fd, "w", encoding="utf-8") as f:
+            f.write(self.content)
+        argv = self.run_config.argv(path)
+        return Cmd(argv[0], [*argv[1:], *self.args], self.options)
+
+    def clean_after_fail(self, process_dir: Path) -> None:
+        """Remove the script file."""
+        self.script_path(process_dir).unlink(missing_ok=True)
+
+    def __repr__(self) -> str:
+        return f"Script({self.lang!r}, {self.content!r}, {list(self.args)!r}, {self.options!r})"

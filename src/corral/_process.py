@@ -1,0 +1,81 @@
+"""One managed child as the manager sees it: its OS process, its dir, its exit, its resources.
+
+A :class:`ManagedProcess` is owned by the manager's actor and only touched on the manager's
+loop. It knows how to signal its process group, learns of the exit through
+:func:`corral._platform.watch_exit`, and releases everything it holds in :meth:`close`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+
+from ._model import Cmd, ExitStatus, ProcessId, ProcessInfo
+from ._platform import ExitWatch, watch_exit
+from ._spawn import SpawnedChild
+
+__all__ = ["ManagedProcess"]
+
+
+class ManagedProcess:
+    """A spawned child and everything corral keeps for it."""
+
+    def __init__(
+        self, process_id: ProcessId, child: SpawnedChild, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.id = process_id
+        self.cmd: Cmd = child.cmd
+        self.process_dir = child.process_dir
+        self._popen = child.popen
+        self.pid: int = child.popen.pid
+        self.exit_status: ExitStatus | None = None
+        #: Resolved with the final :class:`ProcessInfo` once the child is reaped.
+        self.exited: asyncio.Future[ProcessInfo] = loop.create_future()
+        self._watch: ExitWatch | None = watch_exit(loop, child.popen, self._on_exit)
+
+    @property
+    def is_running(self) -> bool:
+        """Whether the child has not been reaped yet."""
+        return self.exit_status is None
+
+    def info(self) -> ProcessInfo:
+        """A snapshot of the process's state."""
+        return ProcessInfo(pid=self.pid, exit_status=self.exit_status, is_running=self.is_running)
+
+    def _on_exit(self, returncode: int) -> None:
+        self._watch = None
+        self.exit_status = ExitStatus.from_returncode(returncode)
+        if not self.exited.done():
+            self.exited.set_result(self.info())
+
+    def signal_group(self, sig: int) -> None:
+        """Send ``sig`` to the child's process group, while the child is not reaped.
+
+        After the reap the group id could name an unrelated group, so nothing is sent then.
+        """
+        if not self.is_running:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, sig)
+
+    def kill_and_reap_blocking(self) -> None:
+        """SIGKILL the group and reap the child synchronously (shutdown without a running loop)."""
+        self.signal_group(signal.SIGKILL)
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        if self.exit_status is None:
+            self.exit_status = ExitStatus.from_returncode(self._popen.wait())
+        if not self.exited.done():
+            with contextlib.suppress(RuntimeError):  # the future's loop may be closed
+                self.exited.set_result(self.info())
+
+    def close(self) -> None:
+        """Release what the parent holds for the child (fds, watchers) and delete its dir."""
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        shutil.rmtree(self.process_dir, ignore_errors=True)

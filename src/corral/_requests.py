@@ -1,0 +1,143 @@
+"""The protocol between handles and the manager: every request the actor understands.
+
+A handle builds a request, wraps it in an :class:`Envelope` with a future on the caller's own
+loop, and posts it to the manager's loop. The actor answers through the envelope, crossing back
+with ``call_soon_threadsafe`` when the caller lives on another thread's loop. Each request type
+names the error class of its operation, so that shared failures (unknown process, aborted
+manager) are raised as instances of both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, TypeVar
+
+from ._errors import (
+    CorralError,
+    GetProcessInfoError,
+    KillProcessError,
+    ManagerAbortedError,
+    SpawnProcessError,
+)
+from ._model import ProcessId, ProcessInfo, Runnable
+
+__all__ = [
+    "Abort",
+    "Envelope",
+    "GetInfo",
+    "Kill",
+    "ListProcesses",
+    "Request",
+    "Spawn",
+    "Wait",
+]
+
+T = TypeVar("T")
+
+
+class Request(Generic[T]):
+    """A request whose reply is a ``T``; ``error`` is the class of its operation's errors."""
+
+    __slots__ = ()
+    error: ClassVar[type[CorralError]] = CorralError
+
+
+@dataclass(frozen=True, slots=True)
+class Spawn(Request[ProcessId]):
+    """Start a runnable; reply: its id."""
+
+    error = SpawnProcessError
+    runnable: Runnable
+
+
+@dataclass(frozen=True, slots=True)
+class GetInfo(Request[ProcessInfo]):
+    """Reply: a snapshot of the process."""
+
+    error = GetProcessInfoError
+    process_id: ProcessId
+
+
+@dataclass(frozen=True, slots=True)
+class Wait(Request[ProcessInfo]):
+    """Reply, once the process has exited: its final info."""
+
+    error = GetProcessInfoError
+    process_id: ProcessId
+
+
+@dataclass(frozen=True, slots=True)
+class Kill(Request[None]):
+    """SIGKILL the process group, reap, release everything, forget the id."""
+
+    error = KillProcessError
+    process_id: ProcessId
+
+
+@dataclass(frozen=True, slots=True)
+class ListProcesses(Request[list[ProcessId]]):
+    """Reply: the ids of every known process, running or exited."""
+
+    error = GetProcessInfoError
+
+
+@dataclass(frozen=True, slots=True)
+class Abort(Request[None]):
+    """Kill every process and stop the manager."""
+
+    error = ManagerAbortedError
+
+
+def _set_result(future: asyncio.Future[Any], value: object) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+class Envelope(Generic[T]):
+    """A request in transit, with where its reply goes (``reply`` is None: nobody waits)."""
+
+    __slots__ = ("loop", "reply", "request")
+
+    def __init__(
+        self,
+        request: Request[T],
+        reply: asyncio.Future[T] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.request = request
+        self.reply = reply
+        self.loop = loop
+
+    @property
+    def abandoned(self) -> bool:
+        """Whether the caller stopped waiting (cancelled) or never waited."""
+        return self.reply is None or self.reply.cancelled()
+
+    def resolve(self, value: T) -> None:
+        """Send the reply."""
+        self._deliver(_set_result, value)
+
+    def fail(self, exc: BaseException) -> None:
+        """Send an error as the reply."""
+        self._deliver(_set_exception, exc)
+
+    def _deliver(self, setter: Any, value: object) -> None:
+        reply, loop = self.reply, self.loop
+        if reply is None or loop is None:
+            return
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            setter(reply, value)
+        else:
+            with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody waits
+                loop.call_soon_threadsafe(setter, reply, value)

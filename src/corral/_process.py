@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 
 from ._model import Cmd, ExitStatus, ProcessId, ProcessInfo
 from ._platform import ExitWatch, watch_exit
-from ._spawn import SpawnedChild
+from ._spawn import SpawnedChild, remove_process_dir
 
 __all__ = ["ManagedProcess"]
 
@@ -78,4 +77,4 @@ class ManagedProcess:
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
-        shutil.rmtree(self.process_dir, ignore_errors=True)
+        remove_process_dir(self.process_dir)

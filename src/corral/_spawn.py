@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,7 +28,14 @@ from ._model import (
     Runnable,
 )
 
-__all__ = ["DATA_DIR_NAME", "SpawnedChild", "build_env", "make_private_dir", "spawn_child"]
+__all__ = [
+    "DATA_DIR_NAME",
+    "SpawnedChild",
+    "build_env",
+    "make_private_dir",
+    "remove_process_dir",
+    "spawn_child",
+]
 
 #: Name of the child's own data dir inside its process dir.
 DATA_DIR_NAME = "data"
@@ -46,7 +54,19 @@ class SpawnedChild:
 def make_private_dir(path: Path) -> None:
     """Create ``path`` with mode 0700 whatever the umask."""
     os.mkdir(path, 0o700)
-    os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask; chmod is not
+    # mkdir's mode is filtered by the umask. A chmod is a journaled write on most file systems,
+    # a stat is not: only pay for the chmod when an odd umask took owner bits away.
+    if stat.S_IMODE(os.stat(path).st_mode) != 0o700:
+        os.chmod(path, 0o700)
+
+
+def remove_process_dir(process_dir: Path) -> None:
+    """Delete a process dir and everything in it; the common empty case costs two rmdirs."""
+    try:
+        os.rmdir(process_dir / DATA_DIR_NAME)
+        os.rmdir(process_dir)
+    except OSError:
+        shutil.rmtree(process_dir, ignore_errors=True)
 
 
 def build_env(options: CmdOptions, extra: Mapping[str, str]) -> dict[str, str]:

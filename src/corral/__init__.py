@@ -30,6 +30,7 @@ from ._errors import (
     WriteMessageError,
 )
 from ._handle import ProcessHandle, ProcessManagerHandle, ScopedProcessHandle
+from ._logs import LogsQuery
 from ._manager import ProcessManager
 from ._model import (
     INPUT_PIPE_ENV_NAME,
@@ -67,6 +68,7 @@ __all__ = [
     "KillProcessError",
     "LoggingNotConfiguredError",
     "LoggingType",
+    "LogsQuery",
     "LostMessagesError",
     "ManagerAbortedError",
     "MessagingNotConfiguredError",

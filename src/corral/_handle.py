@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ._errors import (
@@ -19,8 +20,21 @@ from ._errors import (
     SpawnProcessError,
     manager_aborted,
 )
+from ._logs import LogsQuery, follow_lines
 from ._model import ProcessId, ProcessInfo, Runnable
-from ._requests import Abort, Envelope, GetInfo, Kill, ListProcesses, Request, Spawn, Wait
+from ._requests import (
+    Abort,
+    Envelope,
+    GetInfo,
+    GetLogPath,
+    GetLogs,
+    Kill,
+    ListProcesses,
+    LogStream,
+    Request,
+    Spawn,
+    Wait,
+)
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -28,6 +42,8 @@ if TYPE_CHECKING:
 __all__ = ["ProcessHandle", "ProcessManagerHandle", "ScopedProcessHandle"]
 
 T = TypeVar("T")
+
+_FETCH_ALL = LogsQuery.fetch_all()
 
 
 class _Mailbox(Protocol):
@@ -65,12 +81,19 @@ class ProcessManagerHandle:
 
     __copy__ = clone
 
-    async def _call(self, request: Request[T]) -> T:
+    async def _call(self, request: Request[T], orphan: Callable[[T], None] | None = None) -> T:
         caller = asyncio.get_running_loop()
         reply: asyncio.Future[T] = caller.create_future()
-        envelope = Envelope(request, reply, caller)
+        envelope = Envelope(request, reply, caller, orphan)
         self._post(envelope)
-        return await reply
+        try:
+            return await reply
+        except asyncio.CancelledError:
+            # Cancelled after the reply came but before this task resumed: it reaches nobody.
+            answered = reply.done() and not reply.cancelled() and reply.exception() is None
+            if orphan is not None and answered:
+                orphan(reply.result())
+            raise
 
     def _post(self, envelope: Envelope[Any]) -> None:
         mailbox = self._mailbox
@@ -107,7 +130,11 @@ class ProcessManagerHandle:
                 f"cannot spawn {runnable!r}: not a Runnable (Cmd, Script, or an object with "
                 f"bootstrap_cmd and clean_after_fail)"
             )
-        return await self._call(Spawn(runnable))
+        return await self._call(Spawn(runnable), self._kill_orphan)
+
+    def _kill_orphan(self, process_id: ProcessId) -> None:
+        """Kill a process spawned for a caller that was cancelled: nobody else knows its id."""
+        self._post_nowait(Kill(process_id))
 
     async def spawn_with_handle(self, runnable: Runnable) -> ProcessHandle:
         """Like :meth:`spawn`, returning a :class:`ProcessHandle` bound to the new process."""
@@ -136,6 +163,56 @@ class ProcessManagerHandle:
         if timeout is None:
             return await self._call(Wait(process_id))
         return await asyncio.wait_for(self._call(Wait(process_id)), timeout)
+
+    # --- logs -----------------------------------------------------------------------------
+
+    async def get_logs_stdout(
+        self, process_id: ProcessId, query: LogsQuery = _FETCH_ALL
+    ) -> list[str]:
+        """Lines of the captured stdout selected by ``query`` (all of them by default).
+
+        Lines come without their newline; a last line the child has not finished yet is
+        returned as it is at that moment; bytes that are not UTF-8 come back as U+FFFD. Logs
+        stay readable after the process exited, until it is killed. Raises
+        :class:`LoggingNotConfiguredError` (a :class:`GetLogsError`) if stdout is not captured.
+
+        >>> last = await handle.get_logs_stdout(pid, LogsQuery.tail(10))
+        """
+        return await self._call(GetLogs(process_id, "stdout", query))
+
+    async def get_logs_stderr(
+        self, process_id: ProcessId, query: LogsQuery = _FETCH_ALL
+    ) -> list[str]:
+        """Lines of the captured stderr; see :meth:`get_logs_stdout`."""
+        return await self._call(GetLogs(process_id, "stderr", query))
+
+    async def follow_logs(
+        self, process_id: ProcessId, stream: LogStream = "stdout"
+    ) -> AsyncIterator[str]:
+        """The lines of a captured stream so far, then new ones as the child writes them.
+
+        Ends once the process has exited (or was killed) and its last line was delivered. A
+        line is delivered when its newline is written (or, for the last one, at exit). New
+        lines are noticed through inotify on Linux, else by a bounded back-off poll.
+
+        >>> async for line in handle.follow_logs(pid, "stderr"):
+        ...     print(line)
+        """
+        if stream not in ("stdout", "stderr"):
+            raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
+        path = await self._call(GetLogPath(process_id, stream))
+
+        async def exited() -> None:
+            # Killed or aborted also means the writer is gone.
+            with contextlib.suppress(ProcessNotFoundError, ManagerAbortedError):
+                await self.wait(process_id)
+
+        follow = follow_lines(path, exited)
+        try:
+            async for line in follow:
+                yield line
+        finally:
+            await follow.aclose()
 
     async def list_processes(self) -> list[ProcessId]:
         """The ids of every process the manager knows (running, or exited and not killed)."""
@@ -193,6 +270,18 @@ class ProcessHandle:
     async def kill(self) -> None:
         """See :meth:`ProcessManagerHandle.kill`."""
         await self._handle.kill(self.id)
+
+    async def get_logs_stdout(self, query: LogsQuery = _FETCH_ALL) -> list[str]:
+        """See :meth:`ProcessManagerHandle.get_logs_stdout`."""
+        return await self._handle.get_logs_stdout(self.id, query)
+
+    async def get_logs_stderr(self, query: LogsQuery = _FETCH_ALL) -> list[str]:
+        """See :meth:`ProcessManagerHandle.get_logs_stderr`."""
+        return await self._handle.get_logs_stderr(self.id, query)
+
+    def follow_logs(self, stream: LogStream = "stdout") -> AsyncIterator[str]:
+        """See :meth:`ProcessManagerHandle.follow_logs`."""
+        return self._handle.follow_logs(self.id, stream)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.id})"

@@ -24,15 +24,29 @@ from typing import Any
 
 from ._errors import (
     CorralError,
+    GetLogsError,
     KillProcessError,
+    LoggingNotConfiguredError,
     SpawnProcessError,
     manager_aborted,
     process_not_found,
 )
 from ._handle import ProcessManagerHandle
+from ._logs import LogFile, LogsQuery
 from ._model import ProcessId
 from ._process import ManagedProcess
-from ._requests import Abort, Envelope, GetInfo, Kill, ListProcesses, Spawn, Wait
+from ._requests import (
+    Abort,
+    Envelope,
+    GetInfo,
+    GetLogPath,
+    GetLogs,
+    Kill,
+    ListProcesses,
+    LogStream,
+    Spawn,
+    Wait,
+)
 from ._spawn import spawn_child
 
 __all__ = ["ProcessManager"]
@@ -137,6 +151,11 @@ class ProcessManager:
                 self._on_wait(envelope, self._get(process_id, request.error))
             case Kill(process_id):
                 self._on_kill(envelope, process_id)
+            case GetLogs(process_id, stream, query):
+                log = self._log(process_id, stream)
+                self._start(self._query_log(envelope, process_id, log, query))
+            case GetLogPath(process_id, stream):
+                envelope.resolve(self._log(process_id, stream).path)
             case ListProcesses():
                 envelope.resolve(list(self._processes))
             case _:
@@ -147,6 +166,12 @@ class ProcessManager:
         if process is None:
             raise process_not_found(error, process_id)
         return process
+
+    def _log(self, process_id: ProcessId, stream: LogStream) -> LogFile:
+        log = self._get(process_id, GetLogsError).logs.get(stream)
+        if log is None:
+            raise LoggingNotConfiguredError(process_id, stream)
+        return log
 
     def _start(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coro)
@@ -185,6 +210,22 @@ class ProcessManager:
         self._dying.add(process)
         process.signal_group(signal.SIGKILL)
         self._start(self._finish_kill(process, envelope))
+
+    async def _query_log(
+        self, envelope: Envelope[Any], process_id: ProcessId, log: LogFile, query: LogsQuery
+    ) -> None:
+        # Reading may take a while on a big log: a worker thread does it, the loop stays free.
+        try:
+            lines = await asyncio.to_thread(log.query, query)
+        except OSError as exc:
+            error = GetLogsError(
+                f"cannot read the log of process {process_id} ({log.path}): {exc}",
+                process_id=process_id,
+            )
+            error.__cause__ = exc
+            envelope.fail(error)
+        else:
+            envelope.resolve(lines)
 
     async def _finish_kill(self, process: ManagedProcess, envelope: Envelope[Any]) -> None:
         await asyncio.shield(process.exited)

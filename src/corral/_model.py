@@ -157,10 +157,11 @@ def _validate_current_dir(value: object) -> Path | None:
         return None
     if not isinstance(value, str | os.PathLike):
         raise CmdOptionsError(f"current_dir must be a path or None, not {type(value).__name__}")
-    path = Path(value)
-    if not str(path) or "\0" in str(path):
+    raw = os.fspath(value)
+    # Check the text as given: Path("") would silently mean ".", the parent's cwd.
+    if not isinstance(raw, str) or not raw or "\0" in raw:
         raise CmdOptionsError(f"current_dir is not a valid path: {value!r}")
-    return path
+    return Path(raw)
 
 
 def _validate_bool(value: object, name: str) -> bool:

@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 
+from ._logs import LogFile
 from ._model import Cmd, ExitStatus, ProcessId, ProcessInfo
 from ._platform import ExitWatch, watch_exit
 from ._spawn import SpawnedChild, remove_process_dir
@@ -31,6 +32,11 @@ class ManagedProcess:
         self._popen = child.popen
         self.pid: int = child.popen.pid
         self.exit_status: ExitStatus | None = None
+        #: Captured streams ("stdout" / "stderr"); a merged log is one LogFile under both names.
+        self.logs: dict[str, LogFile] = {}
+        for stream, path in child.logs.items():
+            same = next((log for log in self.logs.values() if log.path == path), None)
+            self.logs[stream] = same if same is not None else LogFile(path)
         #: Resolved with the final :class:`ProcessInfo` once the child is reaped.
         self.exited: asyncio.Future[ProcessInfo] = loop.create_future()
         self._watch: ExitWatch | None = watch_exit(loop, child.popen, self._on_exit)

@@ -10,31 +10,40 @@ manager) are raised as instances of both.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, TypeVar
+from pathlib import Path
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from ._errors import (
     CorralError,
+    GetLogsError,
     GetProcessInfoError,
     KillProcessError,
     ManagerAbortedError,
     SpawnProcessError,
 )
+from ._logs import LogsQuery
 from ._model import ProcessId, ProcessInfo, Runnable
 
 __all__ = [
     "Abort",
     "Envelope",
     "GetInfo",
+    "GetLogPath",
+    "GetLogs",
     "Kill",
     "ListProcesses",
+    "LogStream",
     "Request",
     "Spawn",
     "Wait",
 ]
 
 T = TypeVar("T")
+
+#: The name of a captured output stream.
+LogStream = Literal["stdout", "stderr"]
 
 
 class Request(Generic[T]):
@@ -77,6 +86,25 @@ class Kill(Request[None]):
 
 
 @dataclass(frozen=True, slots=True)
+class GetLogs(Request[list[str]]):
+    """Reply: the lines of a captured stream that the query selects."""
+
+    error = GetLogsError
+    process_id: ProcessId
+    stream: LogStream
+    query: LogsQuery
+
+
+@dataclass(frozen=True, slots=True)
+class GetLogPath(Request[Path]):
+    """Reply: the file a captured stream is written to (for following it)."""
+
+    error = GetLogsError
+    process_id: ProcessId
+    stream: LogStream
+
+
+@dataclass(frozen=True, slots=True)
 class ListProcesses(Request[list[ProcessId]]):
     """Reply: the ids of every known process, running or exited."""
 
@@ -90,30 +118,32 @@ class Abort(Request[None]):
     error = ManagerAbortedError
 
 
-def _set_result(future: asyncio.Future[Any], value: object) -> None:
-    if not future.done():
-        future.set_result(value)
-
-
 def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)
 
 
 class Envelope(Generic[T]):
-    """A request in transit, with where its reply goes (``reply`` is None: nobody waits)."""
+    """A request in transit, with where its reply goes (``reply`` is None: nobody waits).
 
-    __slots__ = ("loop", "reply", "request")
+    ``orphan``, if given, is called with a result that reached nobody: the caller was cancelled
+    after the request was handled, or its loop is closed. A spawn uses it to kill the process
+    whose id nobody will ever know.
+    """
+
+    __slots__ = ("loop", "orphan", "reply", "request")
 
     def __init__(
         self,
         request: Request[T],
         reply: asyncio.Future[T] | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        orphan: Callable[[T], None] | None = None,
     ) -> None:
         self.request = request
         self.reply = reply
         self.loop = loop
+        self.orphan = orphan
 
     @property
     def abandoned(self) -> bool:
@@ -122,22 +152,33 @@ class Envelope(Generic[T]):
 
     def resolve(self, value: T) -> None:
         """Send the reply."""
-        self._deliver(_set_result, value)
+        if not self._deliver(self._set_result, value) and self.orphan is not None:
+            self.orphan(value)
 
     def fail(self, exc: BaseException) -> None:
         """Send an error as the reply."""
         self._deliver(_set_exception, exc)
 
-    def _deliver(self, setter: Any, value: object) -> None:
+    def _set_result(self, reply: asyncio.Future[T], value: T) -> None:
+        if not reply.done():
+            reply.set_result(value)
+        elif reply.cancelled() and self.orphan is not None:
+            self.orphan(value)
+
+    def _deliver(self, setter: Any, value: object) -> bool:
+        """Hand ``value`` to ``setter`` on the caller's loop; False if that loop is closed."""
         reply, loop = self.reply, self.loop
         if reply is None or loop is None:
-            return
+            return True
         try:
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is loop:
             setter(reply, value)
-        else:
-            with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody waits
-                loop.call_soon_threadsafe(setter, reply, value)
+            return True
+        try:
+            loop.call_soon_threadsafe(setter, reply, value)
+        except RuntimeError:  # the caller's loop is closed: nobody waits
+            return False
+        return True

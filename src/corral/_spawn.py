@@ -16,7 +16,7 @@ import shutil
 import stat
 import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._errors import SpawnProcessError
@@ -24,6 +24,7 @@ from ._model import (
     PROCESS_DATA_DIR_ENV_NAME,
     Cmd,
     CmdOptions,
+    LoggingType,
     ProcessId,
     Runnable,
 )
@@ -41,6 +42,12 @@ __all__ = [
 DATA_DIR_NAME = "data"
 
 
+#: Log file names in the process dir.
+STDOUT_LOG_NAME = "stdout.log"
+STDERR_LOG_NAME = "stderr.log"
+MERGED_LOG_NAME = "output.log"
+
+
 @dataclass(slots=True)
 class SpawnedChild:
     """What the parent keeps of a started child."""
@@ -49,6 +56,60 @@ class SpawnedChild:
     cmd: Cmd
     process_dir: Path
     data_dir: Path
+    #: Captured streams: "stdout" / "stderr" -> log file (one file for both when merged).
+    logs: dict[str, Path]
+
+
+@dataclass(slots=True)
+class _Stdio:
+    """The child's three standard fds, and what the parent must close once it is started."""
+
+    stdin: int
+    stdout: int
+    stderr: int
+    child_ends: list[int] = field(default_factory=list)
+    logs: dict[str, Path] = field(default_factory=dict)
+
+    def close_child_ends(self) -> None:
+        for fd in self.child_ends:
+            os.close(fd)
+        self.child_ends.clear()
+
+
+def _open_log(path: Path) -> int:
+    # O_APPEND: writes from both streams of a merged log (and from grandchildren) interleave
+    # without overwriting each other, in the order they were written.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    if stat.S_IMODE(os.fstat(fd).st_mode) != 0o600:
+        os.fchmod(fd, 0o600)
+    return fd
+
+
+def _prepare_stdio(options: CmdOptions, process_dir: Path, devnull: int) -> _Stdio:
+    stdio = _Stdio(devnull, devnull, devnull)
+    try:
+        logging_type = options.logging_type
+        if logging_type is LoggingType.STDOUT_AND_STDERR_MERGED:
+            path = process_dir / MERGED_LOG_NAME
+            fd = _open_log(path)
+            stdio.child_ends.append(fd)
+            stdio.stdout = stdio.stderr = fd
+            stdio.logs = {"stdout": path, "stderr": path}
+        elif logging_type is not None:
+            if logging_type.captures_stdout:
+                path = process_dir / STDOUT_LOG_NAME
+                stdio.stdout = _open_log(path)
+                stdio.child_ends.append(stdio.stdout)
+                stdio.logs["stdout"] = path
+            if logging_type.captures_stderr:
+                path = process_dir / STDERR_LOG_NAME
+                stdio.stderr = _open_log(path)
+                stdio.child_ends.append(stdio.stderr)
+                stdio.logs["stderr"] = path
+    except BaseException:
+        stdio.close_child_ends()
+        raise
+    return stdio
 
 
 def make_private_dir(path: Path) -> None:
@@ -127,16 +188,20 @@ def spawn_child(
         _reject_unsupported(process_id, cmd.options)
         env = build_env(cmd.options, {PROCESS_DATA_DIR_ENV_NAME: str(data_dir)})
         try:
-            popen = subprocess.Popen(
-                cmd.argv(),
-                stdin=devnull,
-                stdout=devnull,
-                stderr=devnull,
-                cwd=cmd.options.current_dir,
-                env=env,
-                process_group=0,
-                close_fds=True,
-            )
+            stdio = _prepare_stdio(cmd.options, process_dir, devnull)
+            try:
+                popen = subprocess.Popen(
+                    cmd.argv(),
+                    stdin=stdio.stdin,
+                    stdout=stdio.stdout,
+                    stderr=stdio.stderr,
+                    cwd=cmd.options.current_dir,
+                    env=env,
+                    process_group=0,
+                    close_fds=True,
+                )
+            finally:
+                stdio.close_child_ends()  # the child has its copies (or there is no child)
         except OSError as exc:
             raise SpawnProcessError(
                 f"cannot spawn process {process_id} ({cmd}): {_describe(exc)}",
@@ -148,15 +213,12 @@ def spawn_child(
                 runnable.clean_after_fail(process_dir)
         shutil.rmtree(process_dir, ignore_errors=True)
         raise
-    return SpawnedChild(popen=popen, cmd=cmd, process_dir=process_dir, data_dir=data_dir)
+    return SpawnedChild(
+        popen=popen, cmd=cmd, process_dir=process_dir, data_dir=data_dir, logs=stdio.logs
+    )
 
 
 def _reject_unsupported(process_id: ProcessId, options: CmdOptions) -> None:
-    if options.logging_type is not None:
-        raise SpawnProcessError(
-            f"cannot spawn process {process_id}: log capture is not supported yet",
-            process_id=process_id,
-        )
     if options.message_input is not None or options.message_output is not None:
         raise SpawnProcessError(
             f"cannot spawn process {process_id}: messaging is not supported yet",

@@ -11,7 +11,10 @@ from collections.abc import Sequence
 
 from . import (
     Cmd,
+    CmdOptions,
     CorralError,
+    LoggingType,
+    LogsQuery,
     ProcessId,
     ProcessManager,
     ProcessManagerHandle,
@@ -29,7 +32,13 @@ def _demo_runnables(count: int) -> list[tuple[str, Runnable]]:
         ("true", Cmd("true")),
         ("false", Cmd("false")),
         ("sleep 0.2", Cmd("sleep", ["0.2"])),
-        ("echo", Cmd.parse("echo 'no shell: $HOME | stays literal'")),
+        (
+            "echo",
+            Cmd.parse(
+                "echo 'no shell: $HOME | stays literal'",
+                CmdOptions.with_logging(LoggingType.STDOUT_ONLY),
+            ),
+        ),
         ("bash script", Script(ScriptingLanguage.BASH, 'test -d "$PROCESS_DATA_DIR" && exit 0')),
         (
             "python script",
@@ -62,6 +71,7 @@ async def _demo(count: int) -> int:
             summary = ", ".join(f"{n} x {status}" for status, n in sorted(statuses.items()))
             out.write(f"  {name:<16} {summary:<40}\n")
 
+        await _demo_logs(handle, ids[3])
         await asyncio.gather(*(handle.kill(i) for i in ids))
         out.write(
             f"\n  killed (released) all {count}; known now: {len(await handle.list_processes())}\n"
@@ -69,6 +79,26 @@ async def _demo(count: int) -> int:
         await _demo_lifecycle(handle)
     out.write(f"\ndone in {(time.perf_counter() - started) * 1e3:.0f} ms; nothing left behind\n")
     return 0
+
+
+async def _demo_logs(handle: ProcessManagerHandle, echo_id: ProcessId) -> None:
+    out = sys.stdout
+    out.write(f"\n  logs of an echo ({echo_id}): {await handle.get_logs_stdout(echo_id)}\n")
+    script = (
+        "import sys\n"
+        "for i in range(1, 10001):\n"
+        "    print(f'line {i}')\n"
+        "    if i % 2500 == 0: print(f'progress {i // 100}%', file=sys.stderr)\n"
+    )
+    opts = CmdOptions.with_logging(LoggingType.STDOUT_AND_STDERR)
+    proc = await handle.spawn_with_handle(Script(ScriptingLanguage.PYTHON, script, options=opts))
+    progress = [line async for line in proc.follow_logs("stderr")]  # live, ends at exit
+    out.write(f"  followed stderr of a python script: {progress}\n")
+    first = await proc.get_logs_stdout(LogsQuery.with_limit(2))
+    middle = await proc.get_logs_stdout(LogsQuery.with_offset_and_limit(5000, 2))
+    last = await proc.get_logs_stdout(LogsQuery.tail(2))
+    out.write(f"  its stdout: first {first}, from line 5000 {middle}, last {last}\n")
+    await proc.kill()
 
 
 async def _demo_lifecycle(handle: ProcessManagerHandle) -> None:

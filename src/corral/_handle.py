@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ._errors import (
     CorralError,
+    GetLogsError,
     ManagerAbortedError,
     ProcessNotFoundError,
     SpawnProcessError,
@@ -160,9 +161,10 @@ class ProcessManagerHandle:
         Driven by the exit event, not by polling. After ``timeout`` seconds raises
         ``TimeoutError`` and leaves the process running.
         """
-        if timeout is None:
+        # asyncio.timeout, not wait_for: the request is posted right now, in this task, so a
+        # wait issued before a kill is handled before it.
+        async with asyncio.timeout(timeout):
             return await self._call(Wait(process_id))
-        return await asyncio.wait_for(self._call(Wait(process_id)), timeout)
 
     # --- logs -----------------------------------------------------------------------------
 
@@ -193,7 +195,10 @@ class ProcessManagerHandle:
 
         Ends once the process has exited (or was killed) and its last line was delivered. A
         line is delivered when its newline is written (or, for the last one, at exit). New
-        lines are noticed through inotify on Linux, else by a bounded back-off poll.
+        lines are noticed through inotify on Linux, else by a bounded back-off poll. Raises
+        :class:`LoggingNotConfiguredError` if the stream is not captured, and
+        :class:`GetLogsError` (with the ``OSError`` as ``__cause__``) if the log file cannot be
+        read, e.g. because someone else deleted it.
 
         >>> async for line in handle.follow_logs(pid, "stderr"):
         ...     print(line)
@@ -209,7 +214,16 @@ class ProcessManagerHandle:
 
         follow = follow_lines(path, exited)
         try:
-            async for line in follow:
+            while True:
+                try:
+                    line = await anext(follow)
+                except StopAsyncIteration:
+                    return
+                except OSError as exc:  # like a query: a log file gone is a GetLogsError
+                    raise GetLogsError(
+                        f"cannot read the log of process {process_id} ({path}): {exc}",
+                        process_id=process_id,
+                    ) from exc
                 yield line
         finally:
             await follow.aclose()

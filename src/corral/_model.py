@@ -343,7 +343,8 @@ class Cmd:
         args: Iterable[str] = (),
         options: CmdOptions | None = None,
     ) -> None:
-        cmd = os.fspath(cmd)
+        if isinstance(cmd, os.PathLike):
+            cmd = os.fspath(cmd)
         if not isinstance(cmd, str) or not cmd or "\0" in cmd:
             raise CmdError(f"the program name must be a non-empty str without NUL, not {cmd!r}")
         if isinstance(args, str):

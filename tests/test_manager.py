@@ -673,10 +673,10 @@ async def test_abort_with_calls_in_flight(work_dir: Path) -> None:
     )
     assert results[0] is None
     assert all(isinstance(r, ManagerAbortedError) for r in results[1:])
-    # A wait pending at the abort ends: with the kill, or with ManagerAbortedError.
+    # A wait pending at the abort ends: with the abort's SIGTERM, or with ManagerAbortedError.
     with contextlib.suppress(ManagerAbortedError):
         info = await asyncio.wait_for(waiter, TIMEOUT)
-        assert info.exit_status == ExitStatus(None, signal.SIGKILL, False)
+        assert info.exit_status == ExitStatus(None, signal.SIGTERM, False)
     assert list(work_dir.iterdir()) == []
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ._errors import (
     CorralError,
     GetLogsError,
+    KillProcessError,
     ManagerAbortedError,
     ProcessNotFoundError,
     SpawnProcessError,
@@ -33,7 +35,9 @@ from ._requests import (
     ListProcesses,
     LogStream,
     Request,
+    SendSignal,
     Spawn,
+    Terminate,
     Wait,
 )
 
@@ -238,9 +242,40 @@ class ProcessManagerHandle:
         """SIGKILL the process's group if running, reap it, delete its dir, forget its id."""
         await self._call(Kill(process_id))
 
-    async def abort(self) -> None:
-        """Kill every process and stop the manager; every later call raises ManagerAbortedError."""
-        await self._call(Abort())
+    async def terminate(self, process_id: ProcessId, grace: float = 5.0) -> ProcessInfo:
+        """SIGTERM the process group; SIGKILL it if the child still runs after ``grace`` s.
+
+        Returns the final info; the process stays known (logs, info) until :meth:`kill`.
+        A group member other than the child that ignores SIGTERM outlives a child that exits in
+        time; :meth:`kill` takes the whole group down.
+        """
+        if not grace >= 0:
+            raise KillProcessError(f"grace must be >= 0 seconds, not {grace!r}")
+        return await self._call(Terminate(process_id, float(grace)))
+
+    async def send_signal(self, process_id: ProcessId, sig: int, *, group: bool = False) -> None:
+        """Send ``sig`` to the child, or with ``group=True`` to its whole process group.
+
+        Raises :class:`KillProcessError` if the child has already exited.
+
+        >>> await handle.send_signal(pid, signal.SIGHUP)  # e.g. "reload your config"
+        """
+        try:
+            sig = signal.Signals(sig)
+        except ValueError:
+            raise KillProcessError(f"{sig!r} is not a signal number") from None
+        await self._call(SendSignal(process_id, sig, group))
+
+    async def abort(self, grace: float = 0.5) -> None:
+        """Terminate every process, all at once, and stop the manager.
+
+        Each child's group gets SIGTERM, then SIGKILL after ``grace`` seconds if the child is
+        still alive (``grace=0``: SIGKILL at once). Every later call raises an error that is a
+        :class:`ManagerAbortedError`.
+        """
+        if not grace >= 0:
+            raise ManagerAbortedError(f"grace must be >= 0 seconds, not {grace!r}")
+        await self._call(Abort(float(grace)))
 
     async def __aenter__(self) -> ProcessManagerHandle:
         return self
@@ -284,6 +319,14 @@ class ProcessHandle:
     async def kill(self) -> None:
         """See :meth:`ProcessManagerHandle.kill`."""
         await self._handle.kill(self.id)
+
+    async def terminate(self, grace: float = 5.0) -> ProcessInfo:
+        """See :meth:`ProcessManagerHandle.terminate`."""
+        return await self._handle.terminate(self.id, grace)
+
+    async def send_signal(self, sig: int, *, group: bool = False) -> None:
+        """See :meth:`ProcessManagerHandle.send_signal`."""
+        await self._handle.send_signal(self.id, sig, group=group)
 
     async def get_logs_stdout(self, query: LogsQuery = _FETCH_ALL) -> list[str]:
         """See :meth:`ProcessManagerHandle.get_logs_stdout`."""

@@ -16,12 +16,12 @@ import asyncio
 import atexit
 import os
 import shutil
-import signal
 import tempfile
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from . import _guardian as guardian
 from ._errors import (
     CorralError,
     GetLogsError,
@@ -44,7 +44,9 @@ from ._requests import (
     Kill,
     ListProcesses,
     LogStream,
+    SendSignal,
     Spawn,
+    Terminate,
     Wait,
 )
 from ._spawn import spawn_child
@@ -112,6 +114,8 @@ class ProcessManager:
         self._released = False  # every child reaped, every resource released
         self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         _LIVE.add(self)
+        if owned:
+            guardian.register_dir(working_dir)
         self._task = loop.create_task(self._run(), name=f"corral-manager-{working_dir.name}")
 
     # --- the mailbox ----------------------------------------------------------------------
@@ -128,7 +132,7 @@ class ProcessManager:
             while True:
                 envelope = await self._queue.get()
                 if isinstance(envelope.request, Abort):
-                    await self._abort(envelope)
+                    await self._abort(envelope, envelope.request.grace)
                     return
                 try:
                     self._handle(envelope)
@@ -151,6 +155,18 @@ class ProcessManager:
                 self._on_wait(envelope, self._get(process_id, request.error))
             case Kill(process_id):
                 self._on_kill(envelope, process_id)
+            case Terminate(process_id, grace):
+                process = self._get(process_id, request.error)
+                self._start(self._reply_when(envelope, process.terminate(grace)))
+            case SendSignal(process_id, sig, group):
+                process = self._get(process_id, request.error)
+                if not process.send_signal(sig, group):
+                    raise KillProcessError(
+                        f"process {process_id} has already exited ({process.exit_status}): "
+                        f"signal {sig} not sent",
+                        process_id=process_id,
+                    )
+                envelope.resolve(None)
             case GetLogs(process_id, stream, query):
                 log = self._log(process_id, stream)
                 self._start(self._query_log(envelope, process_id, log, query))
@@ -208,7 +224,7 @@ class ProcessManager:
         if process is None:
             raise process_not_found(KillProcessError, process_id)
         self._dying.add(process)
-        process.signal_group(signal.SIGKILL)
+        process.kill()
         self._start(self._finish_kill(process, envelope))
 
     async def _query_log(
@@ -227,20 +243,21 @@ class ProcessManager:
         else:
             envelope.resolve(lines)
 
+    async def _reply_when(self, envelope: Envelope[Any], answer: Awaitable[Any]) -> None:
+        envelope.resolve(await answer)
+
     async def _finish_kill(self, process: ManagedProcess, envelope: Envelope[Any]) -> None:
         await asyncio.shield(process.exited)
         process.close()
         self._dying.discard(process)
         envelope.resolve(None)
 
-    async def _abort(self, envelope: Envelope[Any]) -> None:
+    async def _abort(self, envelope: Envelope[Any], grace: float) -> None:
         self._closed = True
         processes = [*self._processes.values(), *self._dying]
         self._processes.clear()
-        for process in processes:
-            process.signal_group(signal.SIGKILL)
-        if processes:
-            await asyncio.gather(*(asyncio.shield(p.exited) for p in processes))
+        # All at once: aborting N children takes one grace period, not N.
+        await asyncio.gather(*(p.terminate(grace) for p in processes))
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._release(processes)
@@ -266,6 +283,7 @@ class ProcessManager:
             envelope.fail(manager_aborted(envelope.request.error))
         if self._owns_working_dir:
             shutil.rmtree(self.working_dir, ignore_errors=True)
+            guardian.unregister_dir(self.working_dir)
         if self._devnull >= 0:
             os.close(self._devnull)
             self._devnull = -1

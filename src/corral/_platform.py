@@ -53,20 +53,26 @@ def watch_exit(
     loop: asyncio.AbstractEventLoop,
     popen: subprocess.Popen[bytes],
     on_exit: Callable[[int], None],
+    before_reap: Callable[[], None],
 ) -> ExitWatch:
-    """Call ``on_exit(returncode)`` on ``loop`` once the child has exited and been reaped."""
+    """Call ``on_exit(returncode)`` on ``loop`` once the child has exited and been reaped.
+
+    ``before_reap()`` runs after the exit but before the reap, while the zombie still holds its
+    pid and process group id: signalling the group then cannot hit an unrelated one.
+    """
     if HAS_PIDFD:
         try:
-            return _watch_pidfd(loop, popen, on_exit)
+            return _watch_pidfd(loop, popen, on_exit, before_reap)
         except OSError:  # e.g. out of fds: still correct, just costlier
             pass
-    return _watch_thread(loop, popen, on_exit)
+    return _watch_thread(loop, popen, on_exit, before_reap)
 
 
 def _watch_pidfd(
     loop: asyncio.AbstractEventLoop,
     popen: subprocess.Popen[bytes],
     on_exit: Callable[[int], None],
+    before_reap: Callable[[], None],
 ) -> ExitWatch:
     # The child is not reaped yet, so its pid cannot have been reused: the pidfd is the child's.
     pidfd = os.pidfd_open(popen.pid)
@@ -79,6 +85,7 @@ def _watch_pidfd(
     watch = ExitWatch(cancel)
 
     def readable() -> None:
+        before_reap()  # a readable pidfd means exited, not yet reaped
         returncode = popen.poll()
         if returncode is not None:
             watch.cancel()
@@ -92,6 +99,7 @@ def _watch_thread(
     loop: asyncio.AbstractEventLoop,
     popen: subprocess.Popen[bytes],
     on_exit: Callable[[int], None],
+    before_reap: Callable[[], None],
 ) -> ExitWatch:
     cancelled = False
 
@@ -100,6 +108,10 @@ def _watch_thread(
             on_exit(returncode)
 
     def wait() -> None:
+        if hasattr(os, "waitid") and hasattr(os, "WNOWAIT"):
+            with contextlib.suppress(ChildProcessError, InterruptedError):
+                os.waitid(os.P_PID, popen.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped
+                before_reap()
         returncode = popen.wait()
         with contextlib.suppress(RuntimeError):  # loop closed: nobody is listening any more
             loop.call_soon_threadsafe(deliver, returncode)

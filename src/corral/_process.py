@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 
+from . import _guardian as guardian
 from ._logs import LogFile
 from ._model import Cmd, ExitStatus, ProcessId, ProcessInfo
 from ._platform import ExitWatch, watch_exit
@@ -39,7 +40,13 @@ class ManagedProcess:
             self.logs[stream] = same if same is not None else LogFile(path)
         #: Resolved with the final :class:`ProcessInfo` once the child is reaped.
         self.exited: asyncio.Future[ProcessInfo] = loop.create_future()
-        self._watch: ExitWatch | None = watch_exit(loop, child.popen, self._on_exit)
+        #: Set by kill / terminate: when the leader exits, SIGKILL what is left of its group.
+        self.kill_group_at_exit = False
+        guardian.register_group(self.pid)
+        guardian.register_dir(self.process_dir)
+        self._watch: ExitWatch | None = watch_exit(
+            loop, child.popen, self._on_exit, self._before_reap
+        )
 
     @property
     def is_running(self) -> bool:
@@ -50,7 +57,14 @@ class ManagedProcess:
         """A snapshot of the process's state."""
         return ProcessInfo(pid=self.pid, exit_status=self.exit_status, is_running=self.is_running)
 
+    def _before_reap(self) -> None:
+        if self.kill_group_at_exit:
+            # The zombie leader still holds the group id, so this cannot hit another group.
+            with contextlib.suppress(OSError):
+                os.killpg(self.pid, signal.SIGKILL)
+
     def _on_exit(self, returncode: int) -> None:
+        guardian.unregister_group(self.pid)
         self._watch = None
         self.exit_status = ExitStatus.from_returncode(returncode)
         if not self.exited.done():
@@ -66,14 +80,44 @@ class ManagedProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, sig)
 
+    def send_signal(self, sig: int, group: bool) -> bool:
+        """Send ``sig`` to the child (or its group); False if it was already reaped."""
+        if not self.is_running:
+            return False
+        with contextlib.suppress(ProcessLookupError):  # exited, not yet reaped: nothing to do
+            if group:
+                os.killpg(self.pid, sig)
+            else:
+                os.kill(self.pid, sig)
+        return True
+
+    def kill(self) -> None:
+        """SIGKILL the whole group, now and again when the leader exits (late forks included)."""
+        self.kill_group_at_exit = True
+        self.signal_group(signal.SIGKILL)
+
+    async def terminate(self, grace: float) -> ProcessInfo:
+        """SIGTERM the group; SIGKILL it if the child is still alive after ``grace`` seconds."""
+        if grace <= 0:
+            self.kill()
+        else:
+            self.signal_group(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(grace):
+                    return await asyncio.shield(self.exited)
+            except TimeoutError:
+                self.kill()
+        return await asyncio.shield(self.exited)
+
     def kill_and_reap_blocking(self) -> None:
         """SIGKILL the group and reap the child synchronously (shutdown without a running loop)."""
-        self.signal_group(signal.SIGKILL)
+        self.kill()
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
         if self.exit_status is None:
             self.exit_status = ExitStatus.from_returncode(self._popen.wait())
+            guardian.unregister_group(self.pid)
         if not self.exited.done():
             with contextlib.suppress(RuntimeError):  # the future's loop may be closed
                 self.exited.set_result(self.info())
@@ -84,3 +128,4 @@ class ManagedProcess:
             self._watch.cancel()
             self._watch = None
         remove_process_dir(self.process_dir)
+        guardian.unregister_dir(self.process_dir)

@@ -36,7 +36,9 @@ __all__ = [
     "ListProcesses",
     "LogStream",
     "Request",
+    "SendSignal",
     "Spawn",
+    "Terminate",
     "Wait",
 ]
 
@@ -112,10 +114,30 @@ class ListProcesses(Request[list[ProcessId]]):
 
 
 @dataclass(frozen=True, slots=True)
+class Terminate(Request[ProcessInfo]):
+    """SIGTERM the group, SIGKILL it after ``grace`` s; reply: the final info."""
+
+    error = KillProcessError
+    process_id: ProcessId
+    grace: float
+
+
+@dataclass(frozen=True, slots=True)
+class SendSignal(Request[None]):
+    """Send a signal to the child, or to its whole process group."""
+
+    error = KillProcessError
+    process_id: ProcessId
+    signal: int
+    group: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Abort(Request[None]):
-    """Kill every process and stop the manager."""
+    """Terminate every process (SIGKILL after ``grace`` s) and stop the manager."""
 
     error = ManagerAbortedError
+    grace: float = 0.0
 
 
 def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ._errors import (
@@ -52,10 +53,16 @@ _FETCH_ALL = LogsQuery.fetch_all()
 
 
 class _Mailbox(Protocol):
-    """The manager as a handle sees it: a loop and a way to post to it."""
+    """The manager as a handle sees it: a loop, a way to post to it, what it found at start."""
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def working_dir(self) -> Path: ...
+
+    @property
+    def stale_process_dirs(self) -> tuple[Path, ...]: ...
 
     def deliver(self, envelope: Envelope[Any]) -> None: ...
 
@@ -79,6 +86,20 @@ class ProcessManagerHandle:
 
     def __init__(self, mailbox: _Mailbox) -> None:
         self._mailbox = mailbox
+
+    @property
+    def working_dir(self) -> Path:
+        """The dir holding one dir per process."""
+        return self._mailbox.working_dir
+
+    @property
+    def stale_process_dirs(self) -> tuple[Path, ...]:
+        """Process dirs a crashed earlier manager had left in the working dir, found at start.
+
+        Empty unless this manager was the only one using the working dir when it started (with
+        another live manager there, their dirs cannot be told apart from leftovers).
+        """
+        return self._mailbox.stale_process_dirs
 
     def clone(self) -> ProcessManagerHandle:
         """Another handle to the same manager (sharing the object works just as well)."""

@@ -15,13 +15,9 @@ from __future__ import annotations
 import asyncio
 import atexit
 import os
-import shutil
-import tempfile
 from collections.abc import Awaitable, Coroutine
-from pathlib import Path
 from typing import Any
 
-from . import _guardian as guardian
 from ._errors import (
     CorralError,
     GetLogsError,
@@ -50,6 +46,7 @@ from ._requests import (
     Wait,
 )
 from ._spawn import spawn_child
+from ._workdir import WorkingDir
 
 __all__ = ["ProcessManager"]
 
@@ -64,16 +61,6 @@ def _shutdown_all_at_exit() -> None:
         manager.shutdown_now()
 
 
-def _check_working_dir(path: Path) -> None:
-    if not path.exists():
-        raise FileNotFoundError(2, "working dir does not exist", str(path))
-    if not path.is_dir():
-        raise NotADirectoryError(20, "working dir is not a directory", str(path))
-    # access() says yes to root on a read-only file system; a real probe does not lie.
-    probe = tempfile.mkdtemp(prefix=".corral-probe-", dir=path)
-    os.rmdir(probe)
-
-
 class ProcessManager:
     """Spawns and manages child processes; reached only through a :class:`ProcessManagerHandle`.
 
@@ -86,25 +73,30 @@ class ProcessManager:
     """
 
     @classmethod
-    def spawn(cls, working_dir: str | os.PathLike[str] | None = None) -> ProcessManagerHandle:
+    def spawn(
+        cls, working_dir: str | os.PathLike[str] | None = None, *, remove_stale: bool = False
+    ) -> ProcessManagerHandle:
         """Start a manager on the running loop and return its handle.
 
         ``working_dir`` receives one dir per process; it must exist and be writable (``OSError``
         at once otherwise). With ``None`` the manager makes a private temp dir (0700) and
-        removes it on ``abort()``.
+        removes it on ``abort()``. Process dirs that a crashed earlier manager left in
+        ``working_dir`` are reported (``handle.stale_process_dirs`` and a warning on the
+        ``corral`` logger) and, with ``remove_stale=True``, removed.
         """
         loop = asyncio.get_running_loop()
         if working_dir is None:
-            path, owned = Path(tempfile.mkdtemp(prefix="corral-")), True
+            workdir = WorkingDir.create_temp()
         else:
-            path, owned = Path(working_dir).absolute(), False
-            _check_working_dir(path)
-        return ProcessManagerHandle(cls(loop, path, owned))
+            workdir = WorkingDir.claim(working_dir, remove_stale)
+        return ProcessManagerHandle(cls(loop, workdir))
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, working_dir: Path, owned: bool) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, workdir: WorkingDir) -> None:
         self.loop = loop
-        self.working_dir = working_dir
-        self._owns_working_dir = owned
+        self._workdir = workdir
+        self.working_dir = workdir.path
+        #: Process dirs left by a crashed earlier manager, found at start.
+        self.stale_process_dirs = workdir.stale
         self._queue: asyncio.Queue[Envelope[Any]] = asyncio.Queue()
         self._processes: dict[ProcessId, ManagedProcess] = {}
         # Killed processes whose exit is still awaited: out of the table, not yet released.
@@ -114,9 +106,7 @@ class ProcessManager:
         self._released = False  # every child reaped, every resource released
         self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         _LIVE.add(self)
-        if owned:
-            guardian.register_dir(working_dir)
-        self._task = loop.create_task(self._run(), name=f"corral-manager-{working_dir.name}")
+        self._task = loop.create_task(self._run(), name=f"corral-manager-{self.working_dir.name}")
 
     # --- the mailbox ----------------------------------------------------------------------
 
@@ -281,9 +271,7 @@ class ProcessManager:
         while not self._queue.empty():
             envelope = self._queue.get_nowait()
             envelope.fail(manager_aborted(envelope.request.error))
-        if self._owns_working_dir:
-            shutil.rmtree(self.working_dir, ignore_errors=True)
-            guardian.unregister_dir(self.working_dir)
+        self._workdir.release()
         if self._devnull >= 0:
             os.close(self._devnull)
             self._devnull = -1

@@ -28,6 +28,8 @@ from conftest import (
 )
 
 from corral import (
+    INPUT_PIPE_ENV_NAME,
+    OUTPUT_PIPE_ENV_NAME,
     PROCESS_DATA_DIR_ENV_NAME,
     Cmd,
     CmdError,
@@ -398,25 +400,49 @@ async def test_failed_spawn_with_logging_leaves_no_log_fd_or_dir(
     assert await manager.list_processes() == []
 
 
-# This one changes when messages land: spawning with messaging configured must then work.
+MESSAGING_OPTIONS = [
+    CmdOptions.with_named_pipe_messaging(),
+    CmdOptions.with_standard_io_messaging(),
+    CmdOptions.with_message_input(MessagingType.NAMED_PIPE),
+    CmdOptions.with_message_output(MessagingType.STANDARD_IO),
+]
 
 
-@pytest.mark.parametrize(
-    "options",
-    [
-        CmdOptions.with_named_pipe_messaging(),
-        CmdOptions.with_standard_io_messaging(),
-        CmdOptions.with_message_input(MessagingType.NAMED_PIPE),
-        CmdOptions.with_message_output(MessagingType.STANDARD_IO),
-    ],
-)
-async def test_spawn_with_messaging_is_rejected_until_messages_land(
+@pytest.mark.parametrize("options", MESSAGING_OPTIONS)
+async def test_failed_spawn_with_messaging_leaves_no_fifo_and_no_fd(
     manager: ProcessManagerHandle, work_dir: Path, options: CmdOptions
 ) -> None:
-    with pytest.raises(SpawnProcessError, match="not supported yet"):
-        await manager.spawn(Cmd("cat", [], options))
+    before = fd_count()
+    with pytest.raises(SpawnProcessError) as info:
+        await manager.spawn(Cmd("/no/such/program", [], options))
+    assert isinstance(info.value.__cause__, FileNotFoundError)
     assert list(work_dir.iterdir()) == []
+    assert fd_count() == before
     assert await manager.list_processes() == []
+
+
+@pytest.mark.parametrize("options", MESSAGING_OPTIONS)
+async def test_named_pipes_are_private_fifos_named_in_the_env(
+    manager: ProcessManagerHandle, work_dir: Path, tmp_path: Path, options: CmdOptions
+) -> None:
+    out = tmp_path / "record.json"
+    process_id = await manager.spawn(record_cmd(out, options=options))
+    await manager.wait(process_id, TIMEOUT)
+    env = read_record(out)["env"]
+    for name, kind in (
+        (INPUT_PIPE_ENV_NAME, options.message_input),
+        (OUTPUT_PIPE_ENV_NAME, options.message_output),
+    ):
+        if kind is MessagingType.NAMED_PIPE:
+            fifo = Path(env[name])
+            assert fifo.parent == work_dir / str(process_id)
+            mode = fifo.stat().st_mode
+            assert stat.S_ISFIFO(mode)
+            assert stat.S_IMODE(mode) == 0o600
+        else:
+            assert name not in env
+    await manager.kill(process_id)
+    assert list(work_dir.iterdir()) == []
 
 
 # --- identity, data dir, environment -----------------------------------------------------------

@@ -32,6 +32,7 @@ from ._errors import (
 from ._handle import ProcessHandle, ProcessManagerHandle, ScopedProcessHandle
 from ._logs import LogsQuery
 from ._manager import ProcessManager
+from ._messages import Message, MessageFormat
 from ._model import (
     INPUT_PIPE_ENV_NAME,
     OUTPUT_PIPE_ENV_NAME,
@@ -49,6 +50,7 @@ from ._model import (
     ScriptingLanguage,
     ScriptRunConfig,
 )
+from ._streams import ItemStream, MessageStream
 
 __version__ = "0.1.0"
 
@@ -65,12 +67,16 @@ __all__ = [
     "ExitStatus",
     "GetLogsError",
     "GetProcessInfoError",
+    "ItemStream",
     "KillProcessError",
     "LoggingNotConfiguredError",
     "LoggingType",
     "LogsQuery",
     "LostMessagesError",
     "ManagerAbortedError",
+    "Message",
+    "MessageFormat",
+    "MessageStream",
     "MessagingNotConfiguredError",
     "MessagingType",
     "ProcessHandle",

@@ -21,10 +21,13 @@ from ._errors import (
     KillProcessError,
     ManagerAbortedError,
     ProcessNotFoundError,
+    SerdeError,
     SpawnProcessError,
+    WriteMessageError,
     manager_aborted,
 )
 from ._logs import LogsQuery, follow_lines
+from ._messages import Message, encode_outgoing
 from ._model import ProcessId, ProcessInfo, Runnable
 from ._requests import (
     Abort,
@@ -36,11 +39,14 @@ from ._requests import (
     ListProcesses,
     LogStream,
     Request,
+    SendMessage,
     SendSignal,
     Spawn,
+    Subscribe,
     Terminate,
     Wait,
 )
+from ._streams import MessageStream
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -253,6 +259,49 @@ class ProcessManagerHandle:
         finally:
             await follow.aclose()
 
+    # --- messages -------------------------------------------------------------------------
+
+    async def send_message(self, process_id: ProcessId, message: Message | str | bytes) -> None:
+        """Write one message (one line; ``\n`` added when missing) to the child's message input.
+
+        Returns once the message is in the pipe: when the child does not read and the pipe is
+        full, this waits (backpressure) and only this caller waits. Cancelling it withdraws the
+        message unless part of it is already in the pipe (then the rest is written, so the
+        child never sees two messages merged). An empty message sends nothing. Raises
+        :class:`WriteMessageError`: no message input configured
+        (:class:`MessagingNotConfiguredError`), the child exited or closed its input, or the
+        message has a newline inside it.
+
+        >>> await handle.send_message(pid, Message.from_serializable({"job": 1}, "json"))
+        """
+        try:
+            data = encode_outgoing(message)
+        except SerdeError as exc:
+            raise WriteMessageError(
+                f"cannot send to process {process_id}: {exc}", process_id=process_id
+            ) from exc
+        if data:
+            await self._call(SendMessage(process_id, data))
+
+    async def subscribe_message_stream(
+        self, process_id: ProcessId, *, lossless: bool = False
+    ) -> MessageStream:
+        """A new subscriber to the child's message output: an async iterator of :class:`Message`.
+
+        The first subscriber also gets what the child wrote before it came (up to
+        ``output_buffer_capacity`` messages); later ones start from their subscription. A
+        subscriber that falls behind by more than the capacity gets :class:`LostMessagesError`
+        with the exact count, then goes on; nobody else waits for it. With ``lossless=True``
+        the reader waits for this subscriber instead: nothing is lost, and when it is slow the
+        pipe fills and the child blocks on its writes (one slow lossless subscriber slows the
+        child for everyone). The stream ends when the child has exited (or was killed) and
+        everything it wrote was delivered. It may be iterated from any thread's event loop.
+
+        >>> async for text in (await handle.subscribe_message_stream(pid)).strings():
+        ...     print(text)
+        """
+        return await self._call(Subscribe(process_id, lossless))
+
     async def list_processes(self) -> list[ProcessId]:
         """The ids of every process the manager knows (running, or exited and not killed)."""
         return await self._call(ListProcesses())
@@ -360,6 +409,14 @@ class ProcessHandle:
     def follow_logs(self, stream: LogStream = "stdout") -> AsyncIterator[str]:
         """See :meth:`ProcessManagerHandle.follow_logs`."""
         return self._handle.follow_logs(self.id, stream)
+
+    async def send_message(self, message: Message | str | bytes) -> None:
+        """See :meth:`ProcessManagerHandle.send_message`."""
+        await self._handle.send_message(self.id, message)
+
+    async def subscribe_message_stream(self, *, lossless: bool = False) -> MessageStream:
+        """See :meth:`ProcessManagerHandle.subscribe_message_stream`."""
+        return await self._handle.subscribe_message_stream(self.id, lossless=lossless)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.id})"

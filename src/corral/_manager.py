@@ -23,8 +23,11 @@ from ._errors import (
     GetLogsError,
     KillProcessError,
     LoggingNotConfiguredError,
+    ReadMessageError,
     SpawnProcessError,
+    WriteMessageError,
     manager_aborted,
+    messaging_not_configured,
     process_not_found,
 )
 from ._handle import ProcessManagerHandle
@@ -40,8 +43,10 @@ from ._requests import (
     Kill,
     ListProcesses,
     LogStream,
+    SendMessage,
     SendSignal,
     Spawn,
+    Subscribe,
     Terminate,
     Wait,
 )
@@ -162,6 +167,13 @@ class ProcessManager:
                 self._start(self._query_log(envelope, process_id, log, query))
             case GetLogPath(process_id, stream):
                 envelope.resolve(self._log(process_id, stream).path)
+            case SendMessage(process_id, data):
+                self._on_send(envelope, self._get(process_id, request.error), data)
+            case Subscribe(process_id, lossless):
+                broadcast = self._get(process_id, request.error).broadcast
+                if broadcast is None:
+                    raise messaging_not_configured(ReadMessageError, process_id, "output")
+                envelope.resolve(broadcast.subscribe(lossless))
             case ListProcesses():
                 envelope.resolve(list(self._processes))
             case _:
@@ -202,6 +214,27 @@ class ProcessManager:
             self._on_kill(Envelope(Kill(process_id)), process_id)
         else:
             envelope.resolve(process_id)
+
+    def _on_send(self, envelope: Envelope[Any], process: ManagedProcess, data: bytes) -> None:
+        if process.writer is None:
+            raise messaging_not_configured(WriteMessageError, process.id, "input")
+        # The actor never waits for a pipe: the writer queues, the reply follows the write.
+        written = process.writer.enqueue(data)
+
+        def done(future: asyncio.Future[None]) -> None:
+            if future.cancelled():
+                return  # the caller gave up (and withdrew the message if it was not started)
+            exc = future.exception()
+            if exc is None:
+                envelope.resolve(None)
+            else:
+                envelope.fail(exc)
+
+        def withdraw() -> None:
+            self.loop.call_soon_threadsafe(written.cancel)
+
+        written.add_done_callback(done)
+        envelope.on_cancel(withdraw)
 
     def _on_wait(self, envelope: Envelope[Any], process: ManagedProcess) -> None:
         if process.exited.done():

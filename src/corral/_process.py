@@ -17,6 +17,7 @@ from ._logs import LogFile
 from ._model import Cmd, ExitStatus, ProcessId, ProcessInfo
 from ._platform import ExitWatch, watch_exit
 from ._spawn import SpawnedChild, remove_process_dir
+from ._streams import Broadcast, MessageReader, MessageWriter
 
 __all__ = ["ManagedProcess"]
 
@@ -38,6 +39,16 @@ class ManagedProcess:
         for stream, path in child.logs.items():
             same = next((log for log in self.logs.values() if log.path == path), None)
             self.logs[stream] = same if same is not None else LogFile(path)
+        #: Message channels (None when not configured).
+        self.writer: MessageWriter | None = None
+        self.broadcast: Broadcast | None = None
+        self._reader: MessageReader | None = None
+        if child.message_in is not None:
+            self.writer = MessageWriter(child.message_in, process_id=process_id, loop=loop)
+        if child.message_out is not None:
+            capacity = child.cmd.options.output_buffer_capacity
+            self.broadcast = Broadcast(capacity, process_id=process_id, loop=loop)
+            self._reader = MessageReader(child.message_out, self.broadcast)
         #: Resolved with the final :class:`ProcessInfo` once the child is reaped.
         self.exited: asyncio.Future[ProcessInfo] = loop.create_future()
         #: Set by kill / terminate: when the leader exits, SIGKILL what is left of its group.
@@ -66,6 +77,11 @@ class ManagedProcess:
     def _on_exit(self, returncode: int) -> None:
         guardian.unregister_group(self.pid)
         self._watch = None
+        # Deliver what the child wrote, then end its streams; fail sends from now on.
+        if self._reader is not None:
+            self._reader.child_exited()
+        if self.writer is not None:
+            self.writer.child_exited()
         self.exit_status = ExitStatus.from_returncode(returncode)
         if not self.exited.done():
             self.exited.set_result(self.info())
@@ -127,5 +143,9 @@ class ManagedProcess:
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
+        if self._reader is not None:
+            self._reader.close()  # live streams get what is buffered, then end cleanly
+        if self.writer is not None:
+            self.writer.close()
         remove_process_dir(self.process_dir)
         guardian.unregister_dir(self.process_dir)

@@ -10,6 +10,7 @@ manager) are raised as instances of both.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,13 @@ from ._errors import (
     GetProcessInfoError,
     KillProcessError,
     ManagerAbortedError,
+    ReadMessageError,
     SpawnProcessError,
+    WriteMessageError,
 )
 from ._logs import LogsQuery
 from ._model import ProcessId, ProcessInfo, Runnable
+from ._streams import MessageStream
 
 __all__ = [
     "Abort",
@@ -36,8 +40,10 @@ __all__ = [
     "ListProcesses",
     "LogStream",
     "Request",
+    "SendMessage",
     "SendSignal",
     "Spawn",
+    "Subscribe",
     "Terminate",
     "Wait",
 ]
@@ -107,6 +113,24 @@ class GetLogPath(Request[Path]):
 
 
 @dataclass(frozen=True, slots=True)
+class SendMessage(Request[None]):
+    """Write one encoded message (a line) to the child's message input; reply once written."""
+
+    error = WriteMessageError
+    process_id: ProcessId
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe(Request[MessageStream]):
+    """Reply: a new subscriber to the child's message output."""
+
+    error = ReadMessageError
+    process_id: ProcessId
+    lossless: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ListProcesses(Request[list[ProcessId]]):
     """Reply: the ids of every known process, running or exited."""
 
@@ -138,6 +162,13 @@ class Abort(Request[None]):
 
     error = ManagerAbortedError
     grace: float = 0.0
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
@@ -172,6 +203,22 @@ class Envelope(Generic[T]):
         """Whether the caller stopped waiting (cancelled) or never waited."""
         return self.reply is None or self.reply.cancelled()
 
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on the caller's loop) if the caller stops waiting for the reply."""
+        reply, loop = self.reply, self.loop
+        if reply is None or loop is None:
+            return
+
+        def done(future: asyncio.Future[T]) -> None:
+            if future.cancelled():
+                callback()
+
+        if _running_loop() is loop:
+            reply.add_done_callback(done)
+        else:
+            with contextlib.suppress(RuntimeError):  # the caller's loop is closed
+                loop.call_soon_threadsafe(reply.add_done_callback, done)
+
     def resolve(self, value: T) -> None:
         """Send the reply."""
         if not self._deliver(self._set_result, value) and self.orphan is not None:
@@ -192,11 +239,7 @@ class Envelope(Generic[T]):
         reply, loop = self.reply, self.loop
         if reply is None or loop is None:
             return True
-        try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
+        if _running_loop() is loop:
             setter(reply, value)
             return True
         try:

@@ -21,13 +21,17 @@ from pathlib import Path
 
 from ._errors import SpawnProcessError
 from ._model import (
+    INPUT_PIPE_ENV_NAME,
+    OUTPUT_PIPE_ENV_NAME,
     PROCESS_DATA_DIR_ENV_NAME,
     Cmd,
     CmdOptions,
     LoggingType,
+    MessagingType,
     ProcessId,
     Runnable,
 )
+from ._streams import make_fifo, open_fifo_parent_end
 
 __all__ = [
     "DATA_DIR_NAME",
@@ -41,6 +45,10 @@ __all__ = [
 #: Name of the child's own data dir inside its process dir.
 DATA_DIR_NAME = "data"
 
+
+#: FIFO names in the process dir (named-pipe messaging).
+INPUT_FIFO_NAME = "input.pipe"
+OUTPUT_FIFO_NAME = "output.pipe"
 
 #: Log file names in the process dir.
 STDOUT_LOG_NAME = "stdout.log"
@@ -58,6 +66,9 @@ class SpawnedChild:
     data_dir: Path
     #: Captured streams: "stdout" / "stderr" -> log file (one file for both when merged).
     logs: dict[str, Path]
+    #: The parent's ends of the message input / output (pipe or FIFO), or None.
+    message_in: int | None
+    message_out: int | None
 
 
 @dataclass(slots=True)
@@ -69,11 +80,23 @@ class _Stdio:
     stderr: int
     child_ends: list[int] = field(default_factory=list)
     logs: dict[str, Path] = field(default_factory=dict)
+    #: The parent's ends of the message channels, and the child's env naming the FIFOs.
+    message_in: int | None = None
+    message_out: int | None = None
+    env: dict[str, str] = field(default_factory=dict)
 
     def close_child_ends(self) -> None:
         for fd in self.child_ends:
             os.close(fd)
         self.child_ends.clear()
+
+    def close_all(self) -> None:
+        """After a failed spawn: the parent's ends too."""
+        self.close_child_ends()
+        for fd in (self.message_in, self.message_out):
+            if fd is not None:
+                os.close(fd)
+        self.message_in = self.message_out = None
 
 
 def _open_log(path: Path) -> int:
@@ -85,9 +108,29 @@ def _open_log(path: Path) -> int:
     return fd
 
 
+def _prepare_messaging(options: CmdOptions, process_dir: Path, stdio: _Stdio) -> None:
+    if options.message_input is MessagingType.STANDARD_IO:
+        child_end, stdio.message_in = os.pipe2(os.O_CLOEXEC)
+        stdio.child_ends.append(child_end)
+        stdio.stdin = child_end
+    elif options.message_input is MessagingType.NAMED_PIPE:
+        path = make_fifo(process_dir / INPUT_FIFO_NAME)
+        stdio.message_in = open_fifo_parent_end(path)
+        stdio.env[INPUT_PIPE_ENV_NAME] = str(path)
+    if options.message_output is MessagingType.STANDARD_IO:
+        stdio.message_out, child_end = os.pipe2(os.O_CLOEXEC)
+        stdio.child_ends.append(child_end)
+        stdio.stdout = child_end
+    elif options.message_output is MessagingType.NAMED_PIPE:
+        path = make_fifo(process_dir / OUTPUT_FIFO_NAME)
+        stdio.message_out = open_fifo_parent_end(path)
+        stdio.env[OUTPUT_PIPE_ENV_NAME] = str(path)
+
+
 def _prepare_stdio(options: CmdOptions, process_dir: Path, devnull: int) -> _Stdio:
     stdio = _Stdio(devnull, devnull, devnull)
     try:
+        _prepare_messaging(options, process_dir, stdio)
         logging_type = options.logging_type
         if logging_type is LoggingType.STDOUT_AND_STDERR_MERGED:
             path = process_dir / MERGED_LOG_NAME
@@ -107,7 +150,7 @@ def _prepare_stdio(options: CmdOptions, process_dir: Path, devnull: int) -> _Std
                 stdio.child_ends.append(stdio.stderr)
                 stdio.logs["stderr"] = path
     except BaseException:
-        stdio.close_child_ends()
+        stdio.close_all()
         raise
     return stdio
 
@@ -185,10 +228,9 @@ def spawn_child(
                 f"cannot spawn process {process_id}: bootstrap_cmd returned {cmd!r}, not a Cmd",
                 process_id=process_id,
             )
-        _reject_unsupported(process_id, cmd.options)
-        env = build_env(cmd.options, {PROCESS_DATA_DIR_ENV_NAME: str(data_dir)})
         try:
             stdio = _prepare_stdio(cmd.options, process_dir, devnull)
+            env = build_env(cmd.options, {PROCESS_DATA_DIR_ENV_NAME: str(data_dir), **stdio.env})
             try:
                 popen = subprocess.Popen(
                     cmd.argv(),
@@ -200,8 +242,10 @@ def spawn_child(
                     process_group=0,
                     close_fds=True,
                 )
-            finally:
-                stdio.close_child_ends()  # the child has its copies (or there is no child)
+            except BaseException:
+                stdio.close_all()
+                raise
+            stdio.close_child_ends()  # the child has its copies
         except OSError as exc:
             raise SpawnProcessError(
                 f"cannot spawn process {process_id} ({cmd}): {_describe(exc)}",
@@ -214,13 +258,11 @@ def spawn_child(
         shutil.rmtree(process_dir, ignore_errors=True)
         raise
     return SpawnedChild(
-        popen=popen, cmd=cmd, process_dir=process_dir, data_dir=data_dir, logs=stdio.logs
+        popen=popen,
+        cmd=cmd,
+        process_dir=process_dir,
+        data_dir=data_dir,
+        logs=stdio.logs,
+        message_in=stdio.message_in,
+        message_out=stdio.message_out,
     )
-
-
-def _reject_unsupported(process_id: ProcessId, options: CmdOptions) -> None:
-    if options.message_input is not None or options.message_output is not None:
-        raise SpawnProcessError(
-            f"cannot spawn process {process_id}: messaging is not supported yet",
-            process_id=process_id,
-        )

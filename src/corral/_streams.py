@@ -1,0 +1,974 @@
+"""Moving messages through pipes: line framing, the broadcast buffer, readers and writers.
+
+One process's messaging is four objects, all living on the manager's event loop:
+
+* a :class:`MessageReader` reads the child's output fd (its stdout pipe, or the parent's end of
+  the ``OUTPUT_PIPE`` FIFO), cuts it into lines with a :class:`LineFramer` and publishes each line
+  as a :class:`~corral.Message` into
+* a :class:`Broadcast`, a bounded buffer with absolute sequence numbers, from which any number of
+  subscribers read through
+* :class:`MessageStream` objects (async iterators; they may be iterated from another thread's
+  event loop);
+* a :class:`MessageWriter` writes to the child's input fd (its stdin pipe, or the parent's end of
+  the ``INPUT_PIPE`` FIFO), one message after the other, without ever blocking the loop.
+
+Wiring, for the manager::
+
+    # on spawn: stdio pipes from os.pipe2(O_CLOEXEC), the child's ends given to the child and
+    # closed in the parent once it started; or FIFOs made with make_fifo and opened with
+    # open_fifo_parent_end before the child starts. Reader and writer own the parent's ends.
+    broadcast = Broadcast(options.output_buffer_capacity, process_id=pid)
+    reader = MessageReader(output_fd, broadcast)
+    writer = MessageWriter(input_fd, process_id=pid)
+    # send_message:             await writer.send(encode_outgoing(message))
+    #                           (or, from an actor that must not wait: reply with the future
+    #                           writer.enqueue(encode_outgoing(message)))
+    # subscribe_message_stream: broadcast.subscribe()
+    # when the child has exited: reader.child_exited(); writer.child_exited()
+    # kill / abort:              reader.close(); writer.close()
+
+Nothing here blocks: every fd is non-blocking and driven by ``loop.add_reader`` /
+``loop.add_writer``; no busy loop, no thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import copy
+import errno
+import fcntl
+import functools
+import os
+import weakref
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import Any, Final, Self, TypeVar, overload
+
+from ._errors import (
+    LostMessagesError,
+    ReceiveDeserializedMessageError,
+    SerdeError,
+    WriteMessageError,
+)
+from ._messages import Message, MessageFormat, as_format
+from ._model import ProcessId
+
+__all__ = [
+    "DEFAULT_PIPE_SIZE",
+    "Broadcast",
+    "ItemStream",
+    "LineFramer",
+    "MessageReader",
+    "MessageStream",
+    "MessageWriter",
+    "make_fifo",
+    "open_fifo_parent_end",
+    "set_pipe_size",
+]
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+#: Capacity a reader raises its pipe to once it finds it full (see :class:`MessageReader`).
+DEFAULT_PIPE_SIZE: Final = 256 * 1024
+# Bytes asked of each os.read: a default pipe's capacity. A larger request costs an mmap/munmap
+# per read (measured here: ~13 us for 256 KiB against ~0.8 us for 64 KiB when a line is waiting)
+# and did not make a flood faster end to end.
+_READ_SIZE: Final = 64 * 1024
+
+
+def _who(process_id: ProcessId | None) -> str:
+    return f"process {process_id}" if process_id is not None else "the process"
+
+
+# --- pipes and FIFOs ----------------------------------------------------------------------------
+
+
+@functools.cache
+def _pipe_max_size() -> int:
+    try:
+        with open("/proc/sys/fs/pipe-max-size", "rb") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1024 * 1024
+
+
+def set_pipe_size(fd: int, size: int = DEFAULT_PIPE_SIZE) -> int | None:
+    """Raise the capacity of the pipe or FIFO ``fd`` to ``size`` bytes; best effort.
+
+    A bigger pipe lets a chatty child run further ahead of the parent, and a flood costs fewer
+    wake-ups. The size is capped at ``/proc/sys/fs/pipe-max-size``. Returns the new capacity,
+    or ``None`` when it could not be changed (not Linux, not a pipe, or the user's pipe memory
+    quota, ``/proc/sys/fs/pipe-user-pages-soft``, 64 MiB by default, is used up: past it the
+    kernel gives every new pipe of the user only two pages, which is why corral raises a pipe
+    only where a flood shows it helps, and not to the 1 MiB maximum).
+    """
+    setpipe = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if setpipe is None:
+        return None
+    try:
+        return fcntl.fcntl(fd, setpipe, min(size, _pipe_max_size()))
+    except OSError:
+        return None
+
+
+def make_fifo(path: str | os.PathLike[str]) -> Path:
+    """Create the FIFO ``path`` with mode 0600 whatever the umask, and return its path."""
+    os.mkfifo(path, 0o600)
+    os.chmod(path, 0o600)  # the umask may have removed owner bits
+    return Path(path)
+
+
+def open_fifo_parent_end(path: str | os.PathLike[str]) -> int:
+    """Open the parent's end of a message FIFO: read-write, non-blocking, close-on-exec.
+
+    ``O_RDWR`` makes ``open`` return at once even if the child never opens its end, and keeps
+    the FIFO from reporting EOF each time a child that reopens it per message closes it. The
+    price: the parent never sees EOF or ``EPIPE`` on it, so the manager tells the reader and
+    writer when the child has exited (:meth:`MessageReader.child_exited`,
+    :meth:`MessageWriter.child_exited`). Use the same call for ``INPUT_PIPE`` and
+    ``OUTPUT_PIPE``.
+    """
+    return os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+
+
+# --- framing ------------------------------------------------------------------------------------
+
+
+class LineFramer:
+    """Cuts a byte stream into ``\\n``-terminated lines, whatever the chunk boundaries.
+
+    Lines come out whole and once, without their ``\\n``. A line longer than any chunk is kept
+    as a list of pieces and joined once when its end arrives, so its cost stays linear.
+
+    >>> framer = LineFramer()
+    >>> framer.feed(b"one\\ntw")
+    [b'one']
+    >>> framer.feed(b"o\\nthree")
+    [b'two']
+    >>> framer.finish()
+    b'three'
+    """
+
+    __slots__ = ("_pieces",)
+
+    def __init__(self) -> None:
+        self._pieces: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The lines completed by ``chunk`` (possibly none)."""
+        lines = chunk.split(b"\n")
+        if len(lines) == 1:
+            if chunk:
+                self._pieces.append(chunk)
+            return []
+        tail = lines.pop()
+        if self._pieces:
+            self._pieces.append(lines[0])
+            lines[0] = b"".join(self._pieces)
+            self._pieces = []
+        if tail:
+            self._pieces.append(tail)
+        return lines
+
+    def finish(self) -> bytes | None:
+        """At end of stream: the last line if it had no ``\\n`` (``None`` if there is none)."""
+        if not self._pieces:
+            return None
+        line = b"".join(self._pieces)
+        self._pieces = []
+        return line
+
+    @property
+    def pending_size(self) -> int:
+        """Bytes held of a line whose end has not arrived yet."""
+        return sum(map(len, self._pieces))
+
+
+# --- the broadcast buffer -----------------------------------------------------------------------
+
+
+class _Subscriber:
+    """A subscriber's position; owned by the :class:`Broadcast`, read through a cursor."""
+
+    __slots__ = ("closed", "lossless", "pos")
+
+    def __init__(self, pos: int, lossless: bool) -> None:
+        self.pos = pos  # sequence number of the next message to read
+        self.lossless = lossless
+        self.closed = False
+
+
+class Broadcast:
+    """A bounded buffer of the last ``capacity`` messages, read by any number of subscribers.
+
+    Every published message gets the next sequence number. Each subscriber has its own position:
+
+    * the first subscriber starts at the oldest buffered message, so what the child wrote before
+      anyone subscribed is kept for it (up to ``capacity``; older ones are dropped uncounted);
+      later subscribers start with the next message published;
+    * a subscriber more than ``capacity`` messages behind loses the oldest: its next read raises
+      :class:`~corral.LostMessagesError` with the exact count, then goes on with the oldest
+      message still buffered. The producer never waits for such a (lossy) subscriber;
+    * a *lossless* subscriber is never overtaken: when the buffer is full and it still needs the
+      oldest message, :meth:`try_publish` refuses and the producer waits
+      (:meth:`wait_for_room`). The reader then stops reading the pipe and the child blocks on its
+      next write: the backpressure reaches the child. The price is that one slow lossless
+      subscriber slows the child and, through the shared buffer, every other subscriber;
+    * a message that every live subscriber has read is released at once (it is never read
+      again), and a stream dropped without ``aclose()`` (garbage-collected) releases its
+      messages too, so an abandoned stream never holds the buffer or stalls the producer.
+
+    After :meth:`close` (end of stream) subscribers read what is left, then their iteration ends.
+    A subscriber that comes after the close gets an empty stream, except the very first
+    subscriber, which still gets what was buffered.
+
+    A ``Broadcast`` belongs to one event loop (the running loop when it is created): publish,
+    close and subscribe there. Its streams may be iterated from any loop.
+
+    >>> async def demo():
+    ...     broadcast = Broadcast(capacity=2)
+    ...     for text in ("a", "b", "c"):
+    ...         broadcast.try_publish(Message.from_string(text))
+    ...     broadcast.close()
+    ...     return [m.to_string() async for m in broadcast.subscribe()]
+    >>> asyncio.run(demo())
+    ['b', 'c']
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        *,
+        process_id: ProcessId | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity <= 0:
+            raise ValueError(f"capacity must be an int > 0, not {capacity!r}")
+        self._loop = loop if loop is not None else asyncio.get_running_loop()
+        self._capacity = capacity
+        self._process_id = process_id
+        # A ring of `capacity` slots; message number `seq` lives in slot `seq % capacity`.
+        self._ring: list[Message | None] = [None] * capacity
+        # For each slot, how many live subscribers have not read it yet.
+        self._unread: list[int] = [0] * capacity
+        self._head = 0  # sequence number of the oldest buffered message
+        self._next = 0  # sequence number the next published message gets
+        self._subscribers: set[_Subscriber] = set()
+        self._lossless: set[_Subscriber] = set()
+        self._subscribed_once = False
+        self._closed = False
+        self._read_waiters: dict[asyncio.Future[None], None] = {}
+        self._room_waiters: dict[asyncio.Future[None], None] = {}
+
+    @property
+    def capacity(self) -> int:
+        """How many messages are kept at most."""
+        return self._capacity
+
+    @property
+    def process_id(self) -> ProcessId | None:
+        """The process the messages come from, named in errors."""
+        return self._process_id
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop this broadcast belongs to."""
+        return self._loop
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (subscribers may still be reading what is left)."""
+        return self._closed
+
+    def __len__(self) -> int:
+        """How many messages are buffered now."""
+        return self._next - self._head
+
+    # -- producer side --
+
+    def try_publish(self, message: Message) -> bool:
+        """Append ``message``, dropping the oldest if the buffer is full; never waits.
+
+        Returns ``False``, and publishes nothing, only when the buffer is full and a lossless
+        subscriber still needs the oldest message: wait with :meth:`wait_for_room`, then try
+        again. After :meth:`close`, or when every subscriber has gone away, the message is
+        discarded (nobody could ever read it) and the result is ``True``.
+        """
+        if self._closed or (self._subscribed_once and not self._subscribers):
+            return True
+        capacity = self._capacity
+        if self._next - self._head >= capacity:
+            if self._lossless and self._lossless_needs_head():
+                return False
+            slot = self._head % capacity
+            self._ring[slot] = None
+            self._head += 1
+        slot = self._next % capacity
+        self._ring[slot] = message
+        self._unread[slot] = len(self._subscribers)
+        self._next += 1
+        if self._read_waiters:
+            self._wake_readers()
+        return True
+
+    async def publish(self, message: Message) -> None:
+        """Append ``message``, waiting first while a lossless subscriber keeps the buffer full."""
+        while not self.try_publish(message):
+            await self.wait_for_room()
+
+    async def wait_for_room(self) -> None:
+        """Return when :meth:`try_publish` would succeed, or the broadcast is closed."""
+        while not self._closed and not self._has_room():
+            waiter = self._room_future()
+            try:
+                await waiter
+            finally:
+                self._room_waiters.pop(waiter, None)
+
+    def _room_future(self) -> asyncio.Future[None]:
+        """A future done when there is room for one message, or the broadcast is closed."""
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        if self._closed or self._has_room():
+            waiter.set_result(None)
+        else:
+            self._room_waiters[waiter] = None
+        return waiter
+
+    def close(self) -> None:
+        """End of stream: subscribers read what is buffered, then their iteration ends."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wake_readers()
+        self._wake_producer()
+
+    # -- subscriber side --
+
+    def subscribe(self, lossless: bool = False) -> MessageStream:
+        """A new subscriber's stream (see the class docs for where it starts).
+
+        ``lossless=True`` makes the producer wait for this subscriber instead of dropping
+        messages it has not read; use it where every message counts and the child may be slowed.
+        """
+        if not self._subscribed_once:
+            self._subscribed_once = True
+            sub = _Subscriber(self._head, lossless)
+            for seq in range(self._head, self._next):
+                self._unread[seq % self._capacity] += 1
+        else:
+            sub = _Subscriber(self._next, lossless)
+            sub.closed = self._closed
+        if not sub.closed:
+            self._subscribers.add(sub)
+            if lossless:
+                self._lossless.add(sub)
+        return MessageStream(_Cursor(self, sub), skip_lost=False)
+
+    async def _read(self, sub: _Subscriber, skip_lost: bool) -> Message | None:
+        """The subscriber's next message, or ``None`` at the end; runs on the owner loop."""
+        while True:
+            if sub.closed:
+                return None
+            pos = sub.pos
+            if pos < self._head:
+                lost = self._head - pos
+                sub.pos = pos = self._head
+                if not skip_lost:
+                    raise LostMessagesError(lost, process_id=self._process_id)
+            if pos < self._next:
+                slot = pos % self._capacity
+                message = self._ring[slot]
+                assert message is not None
+                sub.pos = pos + 1
+                self._unread[slot] -= 1
+                if pos == self._head and not self._unread[slot]:
+                    self._trim()
+                if sub.lossless and self._room_waiters:
+                    self._wake_producer()
+                return message
+            if self._closed:
+                self._release(sub)
+                return None
+            waiter = self._loop.create_future()
+            self._read_waiters[waiter] = None
+            try:
+                await waiter
+            finally:
+                self._read_waiters.pop(waiter, None)
+
+    def _release(self, sub: _Subscriber) -> None:
+        """Forget a subscriber that is done, closed or garbage-collected."""
+        if sub.closed:
+            return
+        sub.closed = True
+        self._subscribers.discard(sub)
+        self._lossless.discard(sub)
+        for seq in range(max(sub.pos, self._head), self._next):
+            self._unread[seq % self._capacity] -= 1
+        self._trim()
+        self._wake_producer()
+
+    def _close_subscriber(self, sub: _Subscriber) -> None:
+        self._release(sub)
+        # A task of this subscriber may be waiting for data: let it see that it is closed.
+        self._wake_readers()
+
+    def _release_from_any_thread(self, sub: _Subscriber) -> None:
+        """Called when a stream is garbage-collected, which may happen on any thread."""
+        if sub.closed:
+            return
+        # A closed loop raises RuntimeError: then nobody is left to wait for anything.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._release, sub)
+
+    # -- internals --
+
+    def _trim(self) -> None:
+        """Drop the oldest messages that no live subscriber still has to read."""
+        capacity = self._capacity
+        while self._head < self._next:
+            slot = self._head % capacity
+            if self._unread[slot]:
+                break
+            self._ring[slot] = None
+            self._head += 1
+
+    def _lossless_needs_head(self) -> bool:
+        head = self._head
+        return any(sub.pos <= head for sub in self._lossless)
+
+    def _has_room(self) -> bool:
+        return self._next - self._head < self._capacity or not self._lossless_needs_head()
+
+    def _wake_readers(self) -> None:
+        waiters, self._read_waiters = self._read_waiters, {}
+        _resolve(waiters)
+
+    def _wake_producer(self) -> None:
+        if self._room_waiters and (self._closed or self._has_room()):
+            waiters, self._room_waiters = self._room_waiters, {}
+            _resolve(waiters)
+
+
+def _resolve(waiters: dict[asyncio.Future[None], None]) -> None:
+    for waiter in waiters:
+        if not waiter.done():  # a cancelled waiter is done
+            waiter.set_result(None)
+
+
+async def _run_on(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, _R]) -> _R | None:
+    """Run ``coro`` on ``loop`` (another thread's) and wait for it here; ``None`` if it is closed.
+
+    Cancelling the caller cancels the coroutine on its loop.
+    """
+    try:
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+    except RuntimeError:  # the owner loop is closed: the stream can only be over
+        coro.close()
+        return None
+    return await asyncio.wrap_future(future)
+
+
+async def _close_on_owner(broadcast: Broadcast, sub: _Subscriber) -> None:
+    broadcast._close_subscriber(sub)
+
+
+class _Cursor:
+    """A subscription as its streams see it; when the last stream drops it, it is released."""
+
+    __slots__ = ("__weakref__", "broadcast", "sub")
+
+    def __init__(self, broadcast: Broadcast, sub: _Subscriber) -> None:
+        self.broadcast = broadcast
+        self.sub = sub
+        if not sub.closed:
+            finalizer = weakref.finalize(self, broadcast._release_from_any_thread, sub)
+            finalizer.atexit = False
+
+    async def next(self, skip_lost: bool) -> Message:
+        broadcast = self.broadcast
+        if asyncio.get_running_loop() is broadcast.loop:
+            message = await broadcast._read(self.sub, skip_lost)
+        else:  # the state is only ever touched from its own loop: hop there
+            message = await _run_on(broadcast.loop, broadcast._read(self.sub, skip_lost))
+        if message is None:
+            raise StopAsyncIteration
+        return message
+
+    async def aclose(self) -> None:
+        broadcast = self.broadcast
+        if asyncio.get_running_loop() is broadcast.loop:
+            broadcast._close_subscriber(self.sub)
+        else:
+            await _run_on(broadcast.loop, _close_on_owner(broadcast, self.sub))
+
+
+# --- streams ------------------------------------------------------------------------------------
+
+
+class _StreamBase(AsyncIterator[_T]):
+    """What every stream view shares: closing, context management, skipping losses."""
+
+    __slots__ = ("_cursor", "_skip_lost")
+
+    def __init__(self, cursor: _Cursor, *, skip_lost: bool) -> None:
+        self._cursor = cursor
+        self._skip_lost = skip_lost
+
+    @property
+    def process_id(self) -> ProcessId | None:
+        """The process the messages come from."""
+        return self._cursor.broadcast.process_id
+
+    def ignore_lost_messages(self) -> Self:
+        """The same stream, silently going on after a lag instead of raising ``LostMessagesError``.
+
+        >>> async def latest(stream):
+        ...     async for message in stream.ignore_lost_messages():
+        ...         print(message.to_string())
+        """
+        view = copy.copy(self)
+        view._skip_lost = True
+        return view
+
+    async def aclose(self) -> None:
+        """Unsubscribe: the iteration ends and the buffer no longer keeps messages for it."""
+        await self._cursor.aclose()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class MessageStream(_StreamBase[Message]):
+    """A subscriber's async iterator of :class:`~corral.Message` from one process.
+
+    Iteration ends when the child's output has ended and every buffered message was delivered
+    (or when the process is killed). If the subscriber fell behind by more than the buffer
+    capacity, the next ``__anext__`` raises :class:`~corral.LostMessagesError` (with ``.count``)
+    and the one after goes on with the oldest message still buffered.
+
+    Adapters give other items from the same subscription (iterate only one of them):
+    :meth:`strings`, :meth:`raw`, :meth:`decoded`, and :meth:`ignore_lost_messages`, which
+    chains with the others (``stream.ignore_lost_messages().decoded("json")``).
+
+    A stream may be iterated from any thread's event loop; ``aclose()`` (or ``async with``)
+    unsubscribes at once, dropping the stream unsubscribes when it is garbage-collected.
+
+    >>> async def show(stream: MessageStream) -> None:
+    ...     async with stream:
+    ...         async for text in stream.strings():
+    ...             print(text)
+    """
+
+    __slots__ = ()
+
+    async def __anext__(self) -> Message:
+        return await self._cursor.next(self._skip_lost)
+
+    def strings(self) -> ItemStream[str]:
+        """Items as ``str``; a message that is not UTF-8 raises
+        :class:`~corral.ReceiveDeserializedMessageError` for that item, and the stream goes on.
+        """
+        return ItemStream(self._cursor, Message.to_string, skip_lost=self._skip_lost)
+
+    def raw(self) -> ItemStream[bytes]:
+        """Items as ``bytes``, exactly as the child wrote them (without the ``\\n``)."""
+        return ItemStream(self._cursor, Message.to_bytes, skip_lost=self._skip_lost)
+
+    @overload
+    def decoded(self, fmt: MessageFormat | str, type: type[_T]) -> ItemStream[_T]: ...
+
+    @overload
+    def decoded(self, fmt: MessageFormat | str, type: object = ...) -> ItemStream[Any]: ...
+
+    def decoded(self, fmt: MessageFormat | str, type: object = object) -> ItemStream[Any]:
+        """Items decoded from ``fmt`` and checked against ``type`` (see ``Message.deserialize``).
+
+        A malformed message, or one of the wrong shape, raises
+        :class:`~corral.ReceiveDeserializedMessageError` for that item, and the stream goes on.
+
+        >>> async def jobs(stream: MessageStream) -> None:
+        ...     async for job in stream.decoded(MessageFormat.JSON, dict[str, int]):
+        ...         print(job["id"])
+        """
+        fmt = as_format(fmt)
+
+        def decode(message: Message) -> Any:
+            return message.deserialize(fmt, type)
+
+        return ItemStream(self._cursor, decode, skip_lost=self._skip_lost)
+
+
+class ItemStream(_StreamBase[_T]):
+    """A :class:`MessageStream` seen through a conversion (``strings()``, ``raw()``, ``decoded()``).
+
+    A message that cannot be converted raises :class:`~corral.ReceiveDeserializedMessageError`
+    (holding the raw bytes as ``.data``) for that item; the next ``__anext__`` goes on.
+    """
+
+    __slots__ = ("_convert",)
+
+    def __init__(
+        self, cursor: _Cursor, convert: Callable[[Message], _T], *, skip_lost: bool
+    ) -> None:
+        super().__init__(cursor, skip_lost=skip_lost)
+        self._convert = convert
+
+    async def __anext__(self) -> _T:
+        message = await self._cursor.next(self._skip_lost)
+        try:
+            return self._convert(message)
+        except SerdeError as exc:
+            process_id = self.process_id
+            raise ReceiveDeserializedMessageError(
+                f"message from {_who(process_id)} cannot be read: {exc}",
+                message.to_bytes(),
+                process_id=process_id,
+            ) from exc
+
+
+# --- reading a child's output -------------------------------------------------------------------
+
+
+class MessageReader:
+    """Reads a child's message output fd into a :class:`Broadcast`, one message per line.
+
+    Takes ownership of ``fd`` (a pipe or the parent's end of a FIFO), makes it non-blocking and
+    starts reading at once with ``loop.add_reader`` on the broadcast's loop. Lines of any length
+    are framed exactly; the last line is delivered at the end even without its ``\\n``.
+
+    The stream ends, and the broadcast is closed, at EOF (a pipe whose every writer closed) or,
+    after :meth:`child_exited`, once what the pipe holds is drained. A FIFO opened with
+    :func:`open_fifo_parent_end` never reports EOF, so for it ``child_exited()`` is what ends
+    the stream; for a stdio pipe it is harmless, and ends the stream even if a grandchild still
+    holds the pipe. :meth:`close` stops at once (kill).
+
+    At most ``capacity`` messages are published per turn of the event loop: subscribers waiting
+    on this loop read a batch before the next one comes, so a burst of lines in one read does
+    not overrun a subscriber that keeps up (one whose loop body does not wait on other things).
+
+    While a lossless subscriber keeps the broadcast full, the reader stops reading the fd; the
+    pipe fills up and the child blocks in ``write`` until the subscriber catches up.
+
+    The first time a read finds the pipe full (the child writes faster than the parent wakes
+    up), the pipe is raised to ``pipe_size`` bytes (``None``: never), so the child can run
+    further ahead; pipes of quiet children keep the default size and cost no pipe quota.
+    """
+
+    def __init__(
+        self, fd: int, broadcast: Broadcast, *, pipe_size: int | None = DEFAULT_PIPE_SIZE
+    ) -> None:
+        self._loop = broadcast.loop
+        self._fd = fd
+        self._broadcast = broadcast
+        self._grow_to = pipe_size  # None once the pipe was raised (or must not be)
+        self._framer = LineFramer()
+        self._pending: collections.deque[Message] = collections.deque()
+        self._reading = False  # registered with add_reader
+        self._paused = False  # waiting for room in the broadcast
+        self._eof = False
+        self._exited = False  # child gone: drain without waiting for readiness
+        self._read_scheduled = False
+        # At most `capacity` messages are published per turn of the loop (see _deliver).
+        self._budget = broadcast.capacity
+        self._refill_scheduled = False
+        self._done: asyncio.Future[None] = self._loop.create_future()
+        os.set_blocking(fd, False)
+        self._start_reading()
+
+    @property
+    def closed(self) -> bool:
+        """Whether reading is over (fd closed, broadcast closed)."""
+        return self._done.done()
+
+    @property
+    def paused(self) -> bool:
+        """Whether reading is stopped because a lossless subscriber keeps the buffer full."""
+        return self._paused
+
+    async def wait_closed(self) -> None:
+        """Return when reading is over: end of output, or :meth:`close`."""
+        await asyncio.shield(self._done)
+
+    def child_exited(self) -> None:
+        """The child has exited: read what is left without waiting, deliver it, then end."""
+        if self._done.done() or self._exited:
+            return
+        self._exited = True
+        if not self._paused and not self._pending and not self._eof:
+            self._stop_reading()
+            self._schedule_read()
+        # otherwise _deliver() goes on with the drain once the pending messages are out
+
+    def close(self) -> None:
+        """Stop now: forget unread data, close the fd, end the broadcast's streams cleanly."""
+        if self._done.done():
+            return
+        self._pending.clear()
+        self._finish()  # closing the broadcast also fires a pending resume, which then stops
+
+    # -- internals --
+
+    def _on_readable(self) -> None:
+        self._read_scheduled = False
+        if self._fd < 0 or self._pending or self._paused or self._eof:
+            return  # not before the last read is delivered (level-triggered: no data is missed)
+        try:
+            data = os.read(self._fd, _READ_SIZE)
+        except BlockingIOError:
+            if self._exited:  # the child is gone and the pipe is empty
+                self._at_eof()
+            return
+        except OSError:  # EIO and the like: nothing more will come
+            data = b""
+        if not data:
+            self._at_eof()
+            return
+        if len(data) == _READ_SIZE and self._grow_to is not None:
+            # The pipe was full: the child writes faster than we wake up; give it more room.
+            set_pipe_size(self._fd, self._grow_to)
+            self._grow_to = None
+        lines = self._framer.feed(data)
+        if lines:
+            self._pending.extend(map(Message, lines))
+            self._deliver()
+        elif self._exited:
+            self._schedule_read()
+
+    def _at_eof(self) -> None:
+        self._eof = True
+        self._stop_reading()
+        tail = self._framer.finish()
+        if tail is not None:
+            self._pending.append(Message(tail))
+        self._deliver()
+
+    def _deliver(self) -> None:
+        """Publish pending messages, then go on: read more, wait for room, or end."""
+        if self._fd < 0:
+            return
+        pending = self._pending
+        publish = self._broadcast.try_publish
+        while pending:
+            if not self._budget:  # let subscribers on this loop take this batch first
+                self._loop.call_soon(self._deliver)
+                return
+            if not publish(pending[0]):  # a lossless subscriber is a full buffer behind
+                self._paused = True
+                self._stop_reading()
+                self._broadcast._room_future().add_done_callback(self._resume)
+                return
+            pending.popleft()
+            self._budget -= 1
+            if not self._refill_scheduled:
+                # Scheduled after the wake-ups of the subscribers this batch woke, so they run
+                # (and read the batch) before the next one is published.
+                self._refill_scheduled = True
+                self._loop.call_soon(self._refill)
+        if self._eof:
+            self._finish()
+        elif self._exited:
+            self._stop_reading()
+            self._schedule_read()
+        else:
+            self._start_reading()
+
+    def _refill(self) -> None:
+        self._refill_scheduled = False
+        self._budget = self._broadcast.capacity
+
+    def _resume(self, _room: asyncio.Future[None]) -> None:
+        self._paused = False
+        self._deliver()
+
+    def _schedule_read(self) -> None:
+        # After the child's exit: one read per loop iteration, until the pipe is empty, so a
+        # grandchild that keeps writing cannot starve the loop.
+        if not self._read_scheduled:
+            self._read_scheduled = True
+            self._loop.call_soon(self._on_readable)
+
+    def _start_reading(self) -> None:
+        if not self._reading:
+            self._loop.add_reader(self._fd, self._on_readable)
+            self._reading = True
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._loop.remove_reader(self._fd)
+            self._reading = False
+
+    def _finish(self) -> None:
+        self._stop_reading()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._broadcast.close()
+        if not self._done.done():
+            self._done.set_result(None)
+
+
+# --- writing to a child's input -----------------------------------------------------------------
+
+
+class _Send:
+    __slots__ = ("data", "future", "offset")
+
+    def __init__(self, data: memoryview, offset: int, future: asyncio.Future[None]) -> None:
+        self.data = data
+        self.offset = offset
+        self.future = future
+
+
+class MessageWriter:
+    """Writes messages to one child's input fd, in order, without blocking the event loop.
+
+    Takes ownership of ``fd`` (a pipe or the parent's end of a FIFO) and makes it non-blocking.
+    Each :meth:`send` completes when all its bytes are in the pipe. When the pipe is full the
+    sender waits (``loop.add_writer``), and so do later sends to the same child; other children's
+    writers are unaffected.
+
+    Cancelling a waiting ``send``: a message not yet started is withdrawn; a message partly in
+    the pipe is still written in full before the next one, because the bytes already written
+    cannot be taken back and the child must not see two messages merged into one line.
+
+    ``EPIPE`` (the child closed its input) fails the pending sends and every later one with
+    :class:`~corral.WriteMessageError`. The parent's end of a FIFO never gets ``EPIPE``, so the
+    manager calls :meth:`child_exited` when the child exits, with the same effect.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        *,
+        process_id: ProcessId | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self._loop = loop if loop is not None else asyncio.get_running_loop()
+        self._fd = fd
+        self._process_id = process_id
+        self._queue: collections.deque[_Send] = collections.deque()
+        self._writing = False
+        self._failure: str | None = None  # why every send now fails
+        os.set_blocking(fd, False)
+
+    @property
+    def closed(self) -> bool:
+        """Whether sends now fail (closed, child exited or broken pipe)."""
+        return self._failure is not None
+
+    async def send(self, data: bytes) -> None:
+        """Write ``data`` (one or more complete lines) and return when it is all in the pipe.
+
+        Raises :class:`~corral.WriteMessageError` if the child's input is closed or the child
+        has exited. See the class docs for cancellation.
+        """
+        await self.enqueue(data)
+
+    def enqueue(self, data: bytes) -> asyncio.Future[None]:
+        """Queue ``data`` without waiting: the future completes when it is all in the pipe.
+
+        For a caller that must not wait itself (an actor answering through a reply future).
+        Cancelling the future cancels the send as :meth:`send` describes.
+        """
+        future: asyncio.Future[None] = self._loop.create_future()
+        if self._failure is not None:
+            future.set_exception(self._error())
+            return future
+        view = memoryview(data)
+        offset = 0
+        if not self._queue:  # nothing ahead: write at once, the usual case
+            try:
+                offset = os.write(self._fd, view)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                self._fail(exc)
+                future.set_exception(self._error())
+                return future
+            if offset == len(view):
+                future.set_result(None)
+                return future
+        entry = _Send(view, offset, future)
+        self._queue.append(entry)
+        future.add_done_callback(functools.partial(self._on_send_done, entry))
+        if not self._writing:
+            self._loop.add_writer(self._fd, self._on_writable)
+            self._writing = True
+        return future
+
+    def child_exited(self) -> None:
+        """The child has exited: fail pending and later sends, and close the fd."""
+        if self._failure is None:
+            self._shut(f"{_who(self._process_id)} has exited: its message input is closed")
+
+    def close(self) -> None:
+        """Close the fd; pending and later sends fail with ``WriteMessageError``."""
+        if self._failure is None:
+            self._shut(f"the message input of {_who(self._process_id)} was closed")
+
+    # -- internals --
+
+    def _on_send_done(self, entry: _Send, future: asyncio.Future[None]) -> None:
+        # A cancelled send that has not started is withdrawn; one that has must be finished.
+        if future.cancelled() and entry.offset == 0:
+            with contextlib.suppress(ValueError):  # already skipped by _on_writable
+                self._queue.remove(entry)
+
+    def _on_writable(self) -> None:
+        queue = self._queue
+        while queue:
+            entry = queue[0]
+            if entry.offset == 0 and entry.future.cancelled():
+                queue.popleft()  # withdrawn before its done-callback ran
+                continue
+            try:
+                written = os.write(self._fd, entry.data[entry.offset :])
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._fail(exc)
+                return
+            entry.offset += written
+            if entry.offset < len(entry.data):
+                return  # the pipe is full: wait for the next writable event
+            queue.popleft()
+            if not entry.future.done():
+                entry.future.set_result(None)
+        self._stop_writing()
+
+    def _fail(self, exc: OSError) -> None:
+        if exc.errno == errno.EPIPE:
+            reason = f"broken pipe: {_who(self._process_id)} closed its message input"
+        else:
+            reason = f"cannot write to the message input of {_who(self._process_id)}: {exc}"
+        self._shut(reason)
+
+    def _shut(self, reason: str) -> None:
+        self._failure = reason
+        self._stop_writing()
+        queue, self._queue = self._queue, collections.deque()
+        for entry in queue:
+            if not entry.future.done():
+                entry.future.set_exception(self._error())
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _stop_writing(self) -> None:
+        if self._writing:
+            self._loop.remove_writer(self._fd)
+            self._writing = False
+
+    def _error(self) -> WriteMessageError:
+        assert self._failure is not None
+        return WriteMessageError(self._failure, process_id=self._process_id)

@@ -15,6 +15,9 @@ from . import (
     CorralError,
     LoggingType,
     LogsQuery,
+    Message,
+    MessageFormat,
+    MessageStream,
     ProcessId,
     ProcessManager,
     ProcessManagerHandle,
@@ -72,6 +75,7 @@ async def _demo(count: int) -> int:
             out.write(f"  {name:<16} {summary:<40}\n")
 
         await _demo_logs(handle, ids[3])
+        await _demo_messages(handle)
         await asyncio.gather(*(handle.kill(i) for i in ids))
         out.write(
             f"\n  killed (released) all {count}; known now: {len(await handle.list_processes())}\n"
@@ -99,6 +103,58 @@ async def _demo_logs(handle: ProcessManagerHandle, echo_id: ProcessId) -> None:
     last = await proc.get_logs_stdout(LogsQuery.tail(2))
     out.write(f"  its stdout: first {first}, from line 5000 {middle}, last {last}\n")
     await proc.kill()
+
+
+_WORKER = """\
+from corral import child
+for job in child.messages("json"):
+    n = job["n"]
+    factors, d = [], 2
+    while d * d <= n:
+        while n % d == 0:
+            factors.append(d)
+            n //= d
+        d += 1
+    if n > 1:
+        factors.append(n)
+    child.send({"job": job["id"], "n": job["n"], "factors": factors}, "json")
+"""
+
+
+async def _demo_messages(handle: ProcessManagerHandle, workers: int = 4, jobs: int = 24) -> None:
+    """A pool of Python workers taking jobs as JSON messages over FIFOs and answering."""
+    out = sys.stdout
+    opts = CmdOptions.with_named_pipe_messaging()
+    pool = [
+        await handle.spawn_with_handle(Script(ScriptingLanguage.PYTHON, _WORKER, options=opts))
+        for _ in range(workers)
+    ]
+    streams = [await w.subscribe_message_stream(lossless=True) for w in pool]
+    started = time.perf_counter()
+    numbers = [2**31 - 1 + 2 * i for i in range(jobs)]
+    for i, n in enumerate(numbers):  # round robin: job i to worker i % workers
+        job = Message.from_serializable({"id": i, "n": n}, MessageFormat.JSON)
+        await pool[i % workers].send_message(job)
+
+    async def collect(stream: MessageStream, count: int) -> list[dict[str, object]]:
+        results: list[dict[str, object]] = []
+        async for result in stream.decoded(MessageFormat.JSON, dict[str, object]):
+            results.append(result)
+            if len(results) == count:
+                break
+        return results
+
+    per_worker = [len(range(w, jobs, workers)) for w in range(workers)]
+    answers = await asyncio.gather(
+        *(collect(s, c) for s, c in zip(streams, per_worker, strict=True))
+    )
+    elapsed = (time.perf_counter() - started) * 1e3
+    out.write(f"\n  {workers} python workers factored {jobs} numbers sent as JSON messages ")
+    out.write(f"over named pipes in {elapsed:.0f} ms; a few answers:\n")
+    for worker, results in enumerate(answers):
+        first = results[0]
+        out.write(f"    worker {worker}: job {first['job']}: {first['n']} = {first['factors']}\n")
+    await asyncio.gather(*(process.kill() for process in pool))
 
 
 async def _demo_lifecycle(handle: ProcessManagerHandle) -> None:

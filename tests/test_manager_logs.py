@@ -558,7 +558,8 @@ async def test_follow_ends_after_exit_with_the_unterminated_last_line(
 async def test_follow_ends_when_the_process_is_killed_meanwhile(
     manager: ProcessManagerHandle, work_dir: Path, ending: str
 ) -> None:
-    proc = await manager.spawn_with_handle(sh("echo first; printf partial; exec sleep 60", BOTH))
+    # One write: once "first" is seen, "partial" is in the file too, whenever the kill lands.
+    proc = await manager.spawn_with_handle(sh(r"printf 'first\npartial'; exec sleep 60", BOTH))
     follow = proc.follow_logs()
     received: list[str] = []
     enders: list[asyncio.Task[None]] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import resource
 import shlex
 import signal
 import stat
@@ -27,6 +28,8 @@ from corral import (
     MessagingType,
     ProcessId,
     ProcessInfo,
+    RestartMode,
+    RestartPolicy,
     Runnable,
     Script,
     ScriptingLanguage,
@@ -296,6 +299,25 @@ BAD_VALUES: dict[str, tuple[Any, list[Any]]] = {
         ["stdout_only", 2, MessagingType.STANDARD_IO],
     ),
     "output_buffer_capacity": (1, [0, -1, True, False, 1.5, "16", None]),
+    "restart_policy": (RestartPolicy.on_failure(), ["always", None, 3, RestartMode.ALWAYS]),
+    "rlimits": (
+        {resource.RLIMIT_NOFILE: (64, 128)},
+        [
+            [],
+            None,
+            {"NOPE": 1},
+            {9999: 1},
+            {True: 1},
+            {resource.RLIMIT_NOFILE: (10, 5)},
+            {resource.RLIMIT_NOFILE: (resource.RLIM_INFINITY, 5)},
+            {resource.RLIMIT_NOFILE: -5},
+            {"nofile": "x"},
+            {resource.RLIMIT_NOFILE: (1, 2, 3)},
+            {resource.RLIMIT_NOFILE: 1.5},
+        ],
+    ),
+    "umask": (0o022, [-1, 0o1000, "022", True, 1.0]),
+    "nice": (5, [20, -21, "5", True, 1.5]),
 }
 
 _BAD_CASES = [(name, bad) for name, (_, bads) in BAD_VALUES.items() for bad in bads]

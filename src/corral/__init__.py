@@ -38,6 +38,7 @@ from ._model import (
     OUTPUT_PIPE_ENV_NAME,
     PROCESS_DATA_DIR_ENV_NAME,
     SCRIPT_FILE_PATH_PLACEHOLDER,
+    Backoff,
     Cmd,
     CmdOptions,
     ExitStatus,
@@ -45,12 +46,15 @@ from ._model import (
     MessagingType,
     ProcessId,
     ProcessInfo,
+    RestartMode,
+    RestartPolicy,
     Runnable,
     Script,
     ScriptingLanguage,
     ScriptRunConfig,
 )
 from ._streams import ItemStream, MessageStream
+from ._sync import BlockingIterator, SyncProcessHandle, SyncProcessManager, SyncScopedProcessHandle
 
 __version__ = "0.1.0"
 
@@ -59,6 +63,8 @@ __all__ = [
     "OUTPUT_PIPE_ENV_NAME",
     "PROCESS_DATA_DIR_ENV_NAME",
     "SCRIPT_FILE_PATH_PLACEHOLDER",
+    "Backoff",
+    "BlockingIterator",
     "Cmd",
     "CmdError",
     "CmdOptions",
@@ -88,6 +94,8 @@ __all__ = [
     "ReadMessageError",
     "ReceiveDeserializedMessageError",
     "ReceiveMessageError",
+    "RestartMode",
+    "RestartPolicy",
     "Runnable",
     "ScopedProcessHandle",
     "Script",
@@ -95,6 +103,9 @@ __all__ = [
     "ScriptingLanguage",
     "SerdeError",
     "SpawnProcessError",
+    "SyncProcessHandle",
+    "SyncProcessManager",
+    "SyncScopedProcessHandle",
     "WriteMessageError",
     "__version__",
 ]

@@ -66,6 +66,11 @@ def _shutdown_all_at_exit() -> None:
         manager.shutdown_now()
 
 
+if hasattr(os, "register_at_fork"):
+    # A forked child does not own its parent's children: its exit must not kill them.
+    os.register_at_fork(after_in_child=_LIVE.clear)
+
+
 class ProcessManager:
     """Spawns and manages child processes; reached only through a :class:`ProcessManagerHandle`.
 

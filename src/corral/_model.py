@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import os
 import shlex
 import signal
@@ -16,11 +17,17 @@ from typing import Any, Protocol, runtime_checkable
 
 from ._errors import CmdError, CmdOptionsError
 
+try:
+    import resource
+except ImportError:  # not on every platform
+    resource = None  # type: ignore[assignment]
+
 __all__ = [
     "INPUT_PIPE_ENV_NAME",
     "OUTPUT_PIPE_ENV_NAME",
     "PROCESS_DATA_DIR_ENV_NAME",
     "SCRIPT_FILE_PATH_PLACEHOLDER",
+    "Backoff",
     "Cmd",
     "CmdOptions",
     "ExitStatus",
@@ -28,6 +35,8 @@ __all__ = [
     "MessagingType",
     "ProcessId",
     "ProcessInfo",
+    "RestartMode",
+    "RestartPolicy",
     "Runnable",
     "Script",
     "ScriptRunConfig",
@@ -200,6 +209,188 @@ def _validate_capacity(value: object) -> int:
     return value
 
 
+def _positive_number(value: object, what: str, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise CmdOptionsError(f"{what} must be a finite number, not {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise CmdOptionsError(f"{what} must be {'>= 0' if allow_zero else '> 0'}, not {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Delays between restarts: ``initial``, multiplied by ``factor`` each time, at most ``cap``.
+
+    >>> Backoff(initial=0.5, factor=2, cap=4).delays(5)
+    [0.5, 1.0, 2.0, 4.0, 4.0]
+    """
+
+    initial: float = 0.1
+    factor: float = 2.0
+    cap: float = 30.0
+
+    def __post_init__(self) -> None:
+        initial = _positive_number(self.initial, "Backoff initial delay")
+        factor = _positive_number(self.factor, "Backoff factor")
+        cap = _positive_number(self.cap, "Backoff cap")
+        if factor < 1:
+            raise CmdOptionsError(f"Backoff factor must be >= 1, not {factor!r}")
+        if cap < initial:
+            raise CmdOptionsError(f"Backoff cap ({cap}) is below the initial delay ({initial})")
+        object.__setattr__(self, "initial", initial)
+        object.__setattr__(self, "factor", factor)
+        object.__setattr__(self, "cap", cap)
+
+    def delay(self, attempt: int) -> float:
+        """The delay before restart number ``attempt`` (0 for the first) of a streak."""
+        return min(self.cap, self.initial * self.factor ** min(attempt, 1000))
+
+    def delays(self, count: int) -> list[float]:
+        """The first ``count`` delays."""
+        return [self.delay(i) for i in range(count)]
+
+
+class RestartMode(enum.Enum):
+    """When a process that ended is started again."""
+
+    NEVER = "never"
+    #: After an exit that is not a success (non-zero code, or a signal).
+    ON_FAILURE = "on_failure"
+    #: After any exit.
+    ALWAYS = "always"
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """Whether and how a process is restarted after it ends by itself.
+
+    At most ``max_restarts`` restarts within ``window`` seconds (like systemd's start limit);
+    one more and the process stays down, with the reason in its :class:`ProcessInfo`. Delays
+    grow by ``backoff`` with each restart of a streak; a run that lasted longer than the
+    current delay's cap... simply: a run that lasted ``window`` seconds resets the streak.
+    A restarted process keeps its :class:`ProcessId`, its logs (appended) and its message
+    subscriptions. ``kill``, ``terminate`` and ``abort`` never restart anything.
+
+    >>> RestartPolicy.on_failure(max_restarts=3, backoff=Backoff(initial=0.2))
+    RestartPolicy(mode=<RestartMode.ON_FAILURE: 'on_failure'>, max_restarts=3, window=60.0, backoff=Backoff(initial=0.2, factor=2.0, cap=30.0))
+    """  # noqa: E501
+
+    mode: RestartMode = RestartMode.NEVER
+    max_restarts: int = 5
+    window: float = 60.0
+    backoff: Backoff = field(default_factory=Backoff)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.mode, RestartMode):
+            raise CmdOptionsError(f"restart mode must be a RestartMode, not {self.mode!r}")
+        if (
+            isinstance(self.max_restarts, bool)
+            or not isinstance(self.max_restarts, int)
+            or self.max_restarts < 0
+        ):
+            raise CmdOptionsError(f"max_restarts must be an int >= 0, not {self.max_restarts!r}")
+        object.__setattr__(self, "window", _positive_number(self.window, "restart window"))
+        if not isinstance(self.backoff, Backoff):
+            raise CmdOptionsError(f"backoff must be a Backoff, not {self.backoff!r}")
+
+    @classmethod
+    def never(cls) -> RestartPolicy:
+        """Never restart (the default)."""
+        return cls()
+
+    @classmethod
+    def on_failure(
+        cls, max_restarts: int = 5, backoff: Backoff | None = None, window: float = 60.0
+    ) -> RestartPolicy:
+        """Restart after a failed run: non-zero exit code or killed by a signal."""
+        return cls(RestartMode.ON_FAILURE, max_restarts, window, backoff or Backoff())
+
+    @classmethod
+    def always(
+        cls, max_restarts: int = 5, backoff: Backoff | None = None, window: float = 60.0
+    ) -> RestartPolicy:
+        """Restart after every run, successful or not."""
+        return cls(RestartMode.ALWAYS, max_restarts, window, backoff or Backoff())
+
+    def wants_restart(self, status: ExitStatus) -> bool:
+        """Whether a run that ended with ``status`` calls for a restart (limits aside)."""
+        if self.mode is RestartMode.ALWAYS:
+            return True
+        return self.mode is RestartMode.ON_FAILURE and not status.success
+
+
+def _validate_policy(value: object) -> RestartPolicy:
+    if not isinstance(value, RestartPolicy):
+        raise CmdOptionsError(f"restart_policy must be a RestartPolicy, not {value!r}")
+    return value
+
+
+def _rlimit_resource(key: object) -> int:
+    if isinstance(key, str):
+        name = key.upper()
+        name = name if name.startswith("RLIMIT_") else f"RLIMIT_{name}"
+        number = getattr(resource, name, None) if resource is not None else None
+        if not isinstance(number, int):
+            raise CmdOptionsError(f"rlimits: unknown resource {key!r}")
+        return number
+    if isinstance(key, bool) or not isinstance(key, int) or key not in _RLIMIT_NAMES:
+        raise CmdOptionsError(f"rlimits: unknown resource {key!r}")
+    return key
+
+
+def _rlimit_value(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CmdOptionsError(f"{what} must be an int, not {value!r}")
+    infinity = resource.RLIM_INFINITY if resource is not None else -1
+    if value < 0 and value != infinity:
+        raise CmdOptionsError(f"{what} must be >= 0 or RLIM_INFINITY, not {value!r}")
+    return value
+
+
+def _validate_rlimits(value: object) -> dict[int, tuple[int, int]]:
+    if not isinstance(value, Mapping):
+        raise CmdOptionsError(f"rlimits must be a mapping, not {type(value).__name__}")
+    if value and resource is None:
+        raise CmdOptionsError("rlimits are not supported on this platform")
+    limits: dict[int, tuple[int, int]] = {}
+    for key, limit in value.items():
+        number = _rlimit_resource(key)
+        name = _RLIMIT_NAMES[number]
+        if isinstance(limit, tuple) and len(limit) == 2:
+            soft = _rlimit_value(limit[0], f"rlimits[{name}] soft limit")
+            hard = _rlimit_value(limit[1], f"rlimits[{name}] hard limit")
+        else:
+            soft = hard = _rlimit_value(limit, f"rlimits[{name}]")
+        infinity = resource.RLIM_INFINITY
+        if hard != infinity and (soft == infinity or soft > hard):
+            raise CmdOptionsError(f"rlimits[{name}]: soft limit {soft} above hard limit {hard}")
+        limits[number] = (soft, hard)
+    return limits
+
+
+def _validate_umask(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
+        raise CmdOptionsError(f"umask must be an int from 0 to 0o777 or None, not {value!r}")
+    return value
+
+
+def _validate_nice(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not -20 <= value <= 19:
+        raise CmdOptionsError(f"nice must be an int from -20 to 19 or None, not {value!r}")
+    return value
+
+
+_RLIMIT_NAMES: dict[int, str] = (
+    {getattr(resource, n): n for n in dir(resource) if n.startswith("RLIMIT_")}
+    if resource is not None
+    else {}
+)
+
+
 _VALIDATORS: dict[str, Any] = {
     "current_dir": _validate_current_dir,
     "clear_envs": lambda v: _validate_bool(v, "clear_envs"),
@@ -209,6 +400,10 @@ _VALIDATORS: dict[str, Any] = {
     "message_output": lambda v: _validate_enum(v, MessagingType, "message_output"),
     "logging_type": lambda v: _validate_enum(v, LoggingType, "logging_type"),
     "output_buffer_capacity": _validate_capacity,
+    "restart_policy": _validate_policy,
+    "rlimits": _validate_rlimits,
+    "umask": _validate_umask,
+    "nice": _validate_nice,
 }
 
 
@@ -244,6 +439,15 @@ class CmdOptions:
     logging_type: LoggingType | None = None
     #: How many output messages are buffered for subscribers (> 0).
     output_buffer_capacity: int = 16
+    #: Whether and how the process is restarted after it ends by itself.
+    restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
+    #: Resource limits set in the child before it runs: ``{resource.RLIMIT_AS: (soft, hard)}``,
+    #: a single int for both, names accepted (``"RLIMIT_NOFILE"`` or ``"nofile"``).
+    rlimits: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: The child's umask (``None``: inherited).
+    umask: int | None = None
+    #: The child's niceness, -20 (first) to 19 (last); lowering it needs privileges.
+    nice: int | None = None
 
     def __setattr__(self, name: str, value: object) -> None:
         validator = _VALIDATORS.get(name)

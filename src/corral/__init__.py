@@ -54,6 +54,7 @@ from ._model import (
     ScriptRunConfig,
 )
 from ._streams import ItemStream, MessageStream
+from ._supervision import EventKind, ProcessEvent
 from ._sync import BlockingIterator, SyncProcessHandle, SyncProcessManager, SyncScopedProcessHandle
 
 __version__ = "0.1.0"
@@ -70,6 +71,7 @@ __all__ = [
     "CmdOptions",
     "CmdOptionsError",
     "CorralError",
+    "EventKind",
     "ExitStatus",
     "GetLogsError",
     "GetProcessInfoError",
@@ -85,6 +87,7 @@ __all__ = [
     "MessageStream",
     "MessagingNotConfiguredError",
     "MessagingType",
+    "ProcessEvent",
     "ProcessHandle",
     "ProcessId",
     "ProcessInfo",

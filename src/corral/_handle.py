@@ -43,10 +43,12 @@ from ._requests import (
     SendSignal,
     Spawn,
     Subscribe,
+    SubscribeEvents,
     Terminate,
     Wait,
 )
-from ._streams import MessageStream
+from ._streams import ItemStream, MessageStream
+from ._supervision import ProcessEvent
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -301,6 +303,19 @@ class ProcessManagerHandle:
         ...     print(text)
         """
         return await self._call(Subscribe(process_id, lossless))
+
+    async def subscribe_events(self) -> ItemStream[ProcessEvent]:
+        """Every process's events from now on: spawned, exited, restarting, gave up, killed.
+
+        An async iterator of :class:`ProcessEvent`, in the order they happened. A subscriber
+        that falls more than 1,024 events behind gets :class:`LostMessagesError` with the exact
+        count, then goes on (``.ignore_lost_messages()`` skips it); the manager never waits for
+        a subscriber. The stream ends when the manager is aborted.
+
+        >>> async for event in await handle.subscribe_events():
+        ...     print(event.kind.value, event.process_id, event.exit_status)
+        """
+        return await self._call(SubscribeEvents())
 
     async def list_processes(self) -> list[ProcessId]:
         """The ids of every process the manager knows (running, or exited and not killed)."""

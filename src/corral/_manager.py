@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import os
 from collections.abc import Awaitable, Coroutine
 from typing import Any
@@ -47,13 +48,18 @@ from ._requests import (
     SendSignal,
     Spawn,
     Subscribe,
+    SubscribeEvents,
     Terminate,
     Wait,
 )
-from ._spawn import spawn_child
+from ._spawn import spawn_child, start_child
+from ._supervision import EventBroadcast
 from ._workdir import WorkingDir
 
 __all__ = ["ProcessManager"]
+
+#: Events buffered for subscribers to ``subscribe_events()`` (a slower one loses the oldest).
+_EVENT_CAPACITY = 1024
 
 # Managers not yet shut down. Held strongly so an unreferenced manager's task is not collected
 # while it still owns children, and so that interpreter exit can kill them.
@@ -115,6 +121,7 @@ class ProcessManager:
         self._closed = False  # no new requests
         self._released = False  # every child reaped, every resource released
         self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        self._events = EventBroadcast(_EVENT_CAPACITY, loop)
         _LIVE.add(self)
         self._task = loop.create_task(self._run(), name=f"corral-manager-{self.working_dir.name}")
 
@@ -179,6 +186,8 @@ class ProcessManager:
                 if broadcast is None:
                     raise messaging_not_configured(ReadMessageError, process_id, "output")
                 envelope.resolve(broadcast.subscribe(lossless))
+            case SubscribeEvents():
+                envelope.resolve(self._events.subscribe())
             case ListProcesses():
                 envelope.resolve(list(self._processes))
             case _:
@@ -213,7 +222,10 @@ class ProcessManager:
             raise SpawnProcessError(
                 f"cannot spawn process {process_id}: {exc!r}", process_id=process_id
             ) from exc
-        process = ManagedProcess(process_id, child, self.loop)
+        respawn = functools.partial(
+            start_child, process_id, child.cmd, child.process_dir, self._devnull
+        )
+        process = ManagedProcess(process_id, child, self.loop, respawn, self._events.publish)
         self._processes[process_id] = process
         if envelope.abandoned:  # the caller was cancelled: nobody will ever know this id
             self._on_kill(Envelope(Kill(process_id)), process_id)
@@ -306,6 +318,7 @@ class ProcessManager:
         for process in processes:
             process.close()
         self._dying.clear()
+        self._events.close()
         while not self._queue.empty():
             envelope = self._queue.get_nowait()
             envelope.fail(manager_aborted(envelope.request.error))

@@ -115,11 +115,19 @@ class ExitStatus:
 
 @dataclass(frozen=True, slots=True)
 class ProcessInfo:
-    """A snapshot of a process: its OS ``pid`` (kept after exit), whether it runs, how it ended."""
+    """A snapshot of a process: its OS ``pid`` (kept after exit), whether it runs, how it ended.
+
+    Under a :class:`RestartPolicy`, ``pid`` and ``exit_status`` are those of the latest run,
+    ``restarts`` counts the restarts so far, ``restart_pending`` says a restart is scheduled,
+    and ``gave_up_reason`` says why the process stays down after the policy's limit.
+    """
 
     pid: int | None
     exit_status: ExitStatus | None
     is_running: bool
+    restarts: int = 0
+    restart_pending: bool = False
+    gave_up_reason: str | None = None
 
 
 # --- options ----------------------------------------------------------------------------------
@@ -266,10 +274,10 @@ class RestartPolicy:
 
     At most ``max_restarts`` restarts within ``window`` seconds (like systemd's start limit);
     one more and the process stays down, with the reason in its :class:`ProcessInfo`. Delays
-    grow by ``backoff`` with each restart of a streak; a run that lasted longer than the
-    current delay's cap... simply: a run that lasted ``window`` seconds resets the streak.
-    A restarted process keeps its :class:`ProcessId`, its logs (appended) and its message
-    subscriptions. ``kill``, ``terminate`` and ``abort`` never restart anything.
+    grow by ``backoff`` with each restart of a streak; a run that lasted ``window`` seconds
+    starts the streak over. A restarted process keeps its :class:`ProcessId`, its logs
+    (appended) and its message subscriptions. ``kill``, ``terminate`` and ``abort`` never
+    restart anything. ``wait`` returns when the process is down for good.
 
     >>> RestartPolicy.on_failure(max_restarts=3, backoff=Backoff(initial=0.2))
     RestartPolicy(mode=<RestartMode.ON_FAILURE: 'on_failure'>, max_restarts=3, window=60.0, backoff=Backoff(initial=0.2, factor=2.0, cap=30.0))

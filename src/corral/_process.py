@@ -1,8 +1,11 @@
-"""One managed child as the manager sees it: its OS process, its dir, its exit, its resources.
+"""One managed process as the manager sees it: its runs, its dir, its logs, its messages.
 
 A :class:`ManagedProcess` is owned by the manager's actor and only touched on the manager's
-loop. It knows how to signal its process group, learns of the exit through
-:func:`corral._platform.watch_exit`, and releases everything it holds in :meth:`close`.
+loop. What lasts for the life of the process (id, dir, log files, the message broadcast, the
+restart history) lives here; what belongs to one run of the child (the OS process, its exit
+watch, its pipes' reader and writer) lives in a :class:`_Run`. Without a restart policy there is
+exactly one run. The process learns of each exit through :func:`corral._platform.watch_exit`,
+restarts per its policy, and releases everything it holds in :meth:`close`.
 """
 
 from __future__ import annotations
@@ -11,62 +14,51 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
+from collections.abc import Callable
 
 from . import _guardian as guardian
+from ._errors import SpawnProcessError
 from ._logs import LogFile
 from ._model import Cmd, ExitStatus, ProcessId, ProcessInfo
 from ._platform import ExitWatch, watch_exit
 from ._spawn import SpawnedChild, remove_process_dir
 from ._streams import Broadcast, MessageReader, MessageWriter
+from ._supervision import EventKind, ProcessEvent, RestartTracker
 
 __all__ = ["ManagedProcess"]
 
+#: How a failed respawn is counted: like a shell's "command not found".
+_SPAWN_FAILED = ExitStatus(code=127, signal=None, success=False)
 
-class ManagedProcess:
-    """A spawned child and everything corral keeps for it."""
+
+class _Run:
+    """One run of the child: the OS process and the per-run ends of its pipes."""
 
     def __init__(
-        self, process_id: ProcessId, child: SpawnedChild, loop: asyncio.AbstractEventLoop
+        self,
+        child: SpawnedChild,
+        loop: asyncio.AbstractEventLoop,
+        process_id: ProcessId,
+        broadcast: Broadcast | None,
+        on_exit: Callable[[_Run, int], None],
     ) -> None:
-        self.id = process_id
-        self.cmd: Cmd = child.cmd
-        self.process_dir = child.process_dir
-        self._popen = child.popen
+        self.popen = child.popen
         self.pid: int = child.popen.pid
         self.exit_status: ExitStatus | None = None
-        #: Captured streams ("stdout" / "stderr"); a merged log is one LogFile under both names.
-        self.logs: dict[str, LogFile] = {}
-        for stream, path in child.logs.items():
-            same = next((log for log in self.logs.values() if log.path == path), None)
-            self.logs[stream] = same if same is not None else LogFile(path)
-        #: Message channels (None when not configured).
-        self.writer: MessageWriter | None = None
-        self.broadcast: Broadcast | None = None
-        self._reader: MessageReader | None = None
-        if child.message_in is not None:
-            self.writer = MessageWriter(child.message_in, process_id=process_id, loop=loop)
-        if child.message_out is not None:
-            capacity = child.cmd.options.output_buffer_capacity
-            self.broadcast = Broadcast(capacity, process_id=process_id, loop=loop)
-            self._reader = MessageReader(child.message_out, self.broadcast)
-        #: Resolved with the final :class:`ProcessInfo` once the child is reaped.
-        self.exited: asyncio.Future[ProcessInfo] = loop.create_future()
         #: Set by kill / terminate: when the leader exits, SIGKILL what is left of its group.
         self.kill_group_at_exit = False
+        self.writer: MessageWriter | None = None
+        self.reader: MessageReader | None = None
+        if child.message_in is not None:
+            self.writer = MessageWriter(child.message_in, process_id=process_id, loop=loop)
+        if child.message_out is not None and broadcast is not None:
+            self.reader = MessageReader(child.message_out, broadcast)
         guardian.register_group(self.pid)
-        guardian.register_dir(self.process_dir)
-        self._watch: ExitWatch | None = watch_exit(
-            loop, child.popen, self._on_exit, self._before_reap
+        self._on_exit = on_exit
+        self.watch: ExitWatch | None = watch_exit(
+            loop, child.popen, self._exited, self._before_reap
         )
-
-    @property
-    def is_running(self) -> bool:
-        """Whether the child has not been reaped yet."""
-        return self.exit_status is None
-
-    def info(self) -> ProcessInfo:
-        """A snapshot of the process's state."""
-        return ProcessInfo(pid=self.pid, exit_status=self.exit_status, is_running=self.is_running)
 
     def _before_reap(self) -> None:
         if self.kill_group_at_exit:
@@ -74,27 +66,201 @@ class ManagedProcess:
             with contextlib.suppress(OSError):
                 os.killpg(self.pid, signal.SIGKILL)
 
-    def _on_exit(self, returncode: int) -> None:
+    def _exited(self, returncode: int) -> None:
         guardian.unregister_group(self.pid)
-        self._watch = None
-        # Deliver what the child wrote, then end its streams; fail sends from now on.
-        if self._reader is not None:
-            self._reader.child_exited()
-        if self.writer is not None:
-            self.writer.child_exited()
+        self.watch = None
         self.exit_status = ExitStatus.from_returncode(returncode)
+        self._on_exit(self, returncode)
+
+    def signal_group(self, sig: int) -> None:
+        """Send ``sig`` to the group, while the child is not reaped (after, the id is not ours)."""
+        if self.exit_status is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL the whole group, now and again when the leader exits (late forks included)."""
+        self.kill_group_at_exit = True
+        self.signal_group(signal.SIGKILL)
+
+    def reap_blocking(self) -> None:
+        """SIGKILL and reap synchronously (shutdown without a running loop)."""
+        self.kill()
+        if self.watch is not None:
+            self.watch.cancel()
+            self.watch = None
+        if self.exit_status is None:
+            self.exit_status = ExitStatus.from_returncode(self.popen.wait())
+            guardian.unregister_group(self.pid)
+
+    def close(self) -> None:
+        """Release this run's watch and pipe ends."""
+        if self.watch is not None:
+            self.watch.cancel()
+            self.watch = None
+        if self.reader is not None:
+            self.reader.close()  # live streams get what is buffered
+        if self.writer is not None:
+            self.writer.close()
+
+
+class ManagedProcess:
+    """A spawned process and everything corral keeps for it, across restarts."""
+
+    def __init__(
+        self,
+        process_id: ProcessId,
+        child: SpawnedChild,
+        loop: asyncio.AbstractEventLoop,
+        respawn: Callable[[], SpawnedChild],
+        emit: Callable[[ProcessEvent], None],
+    ) -> None:
+        self.id = process_id
+        self.cmd: Cmd = child.cmd
+        self.process_dir = child.process_dir
+        self._loop = loop
+        self._respawn = respawn
+        self._emit = emit
+        #: Captured streams ("stdout" / "stderr"); a merged log is one LogFile under both names.
+        self.logs: dict[str, LogFile] = {}
+        for stream, path in child.logs.items():
+            same = next((log for log in self.logs.values() if log.path == path), None)
+            self.logs[stream] = same if same is not None else LogFile(path)
+        #: The message output's subscribers, kept across restarts (None when not configured).
+        self.broadcast: Broadcast | None = None
+        if child.message_out is not None:
+            capacity = child.cmd.options.output_buffer_capacity
+            self.broadcast = Broadcast(capacity, process_id=process_id, loop=loop)
+        self._tracker = RestartTracker(child.cmd.options.restart_policy)
+        self._restart_timer: asyncio.TimerHandle | None = None
+        self._stopping = False  # kill / terminate / abort: no more restarts
+        self._gave_up: str | None = None
+        #: Resolved with the final :class:`ProcessInfo` once the process is down for good.
+        self.exited: asyncio.Future[ProcessInfo] = loop.create_future()
+        guardian.register_dir(self.process_dir)
+        self._run = self._start_run(child)
+
+    # --- state ----------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int:
+        """The OS pid of the latest run."""
+        return self._run.pid
+
+    @property
+    def is_running(self) -> bool:
+        """Whether the latest run's child has not been reaped yet."""
+        return self._run.exit_status is None
+
+    @property
+    def exit_status(self) -> ExitStatus | None:
+        """How the latest run ended (None while it runs)."""
+        return self._run.exit_status
+
+    @property
+    def writer(self) -> MessageWriter | None:
+        """The latest run's message input (None when not configured)."""
+        return self._run.writer
+
+    def info(self) -> ProcessInfo:
+        """A snapshot of the process's state."""
+        return ProcessInfo(
+            pid=self.pid,
+            exit_status=self.exit_status,
+            is_running=self.is_running,
+            restarts=self._tracker.restarts,
+            restart_pending=self._restart_timer is not None,
+            gave_up_reason=self._gave_up,
+        )
+
+    def _event(self, kind: EventKind, **details: object) -> None:
+        self._emit(
+            ProcessEvent(
+                kind,
+                self.id,
+                time.monotonic(),
+                pid=self.pid,
+                exit_status=self.exit_status,
+                restarts=self._tracker.restarts,
+                **details,  # type: ignore[arg-type]
+            )
+        )
+
+    # --- runs and restarts ----------------------------------------------------------------
+
+    def _start_run(self, child: SpawnedChild) -> _Run:
+        run = _Run(child, self._loop, self.id, self.broadcast, self._on_exit)
+        self._run = run
+        self._tracker.run_started()
+        self._event(EventKind.SPAWNED)
+        return run
+
+    def _on_exit(self, run: _Run, returncode: int) -> None:
+        status = ExitStatus.from_returncode(returncode)
+        delay: float | None = None
+        reason: str | None = None
+        if not self._stopping:
+            self._event(EventKind.EXITED)
+            delay, reason = self._tracker.after_exit(status)
+        if delay is not None and run.reader is not None:
+            run.reader.close_broadcast = False  # the next run goes on feeding the same streams
+        # Deliver what the child wrote, then end its streams; fail sends from now on.
+        if run.reader is not None:
+            run.reader.child_exited()
+        if run.writer is not None:
+            run.writer.child_exited()
+        if delay is not None:
+            self._schedule_restart(delay)
+        else:
+            self._go_down(reason)
+
+    def _schedule_restart(self, delay: float) -> None:
+        self._tracker.restarting()
+        self._restart_timer = self._loop.call_later(delay, self._restart)
+        self._event(EventKind.RESTARTING, delay=delay)
+
+    def _restart(self) -> None:
+        self._restart_timer = None
+        if self._stopping:
+            return
+        self._run.close()
+        try:
+            child = self._respawn()
+        except SpawnProcessError as exc:  # e.g. the program is gone: a failed run
+            delay, reason = self._tracker.after_exit(_SPAWN_FAILED)
+            if delay is None:
+                self._go_down(reason or f"restart failed: {exc}")
+            else:
+                self._schedule_restart(delay)
+            return
+        self._start_run(child)
+
+    def _go_down(self, reason: str | None) -> None:
+        """No more runs: end the streams, resolve the waiters."""
+        if reason is not None:
+            self._gave_up = reason
+            self._event(EventKind.GAVE_UP, reason=reason)
+        if self.broadcast is not None:
+            reader = self._run.reader
+            if reader is None or reader.closed:
+                self.broadcast.close()
+            else:  # still draining the last run's pipe: it ends the streams when done
+                reader.close_broadcast = True
         if not self.exited.done():
             self.exited.set_result(self.info())
 
-    def signal_group(self, sig: int) -> None:
-        """Send ``sig`` to the child's process group, while the child is not reaped.
+    # --- stopping -------------------------------------------------------------------------
 
-        After the reap the group id could name an unrelated group, so nothing is sent then.
-        """
-        if not self.is_running:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, sig)
+    def _stop_restarts(self) -> bool:
+        """No more restarts; True if a run is still alive (else the process is now down)."""
+        self._stopping = True
+        if self._restart_timer is not None:
+            self._restart_timer.cancel()
+            self._restart_timer = None
+        if self.is_running:
+            return True
+        self._go_down(None)
+        return False
 
     def send_signal(self, sig: int, group: bool) -> bool:
         """Send ``sig`` to the child (or its group); False if it was already reaped."""
@@ -108,44 +274,40 @@ class ManagedProcess:
         return True
 
     def kill(self) -> None:
-        """SIGKILL the whole group, now and again when the leader exits (late forks included)."""
-        self.kill_group_at_exit = True
-        self.signal_group(signal.SIGKILL)
+        """No more restarts; SIGKILL the whole group of a live run."""
+        if self._stop_restarts():
+            self._run.kill()
 
     async def terminate(self, grace: float) -> ProcessInfo:
-        """SIGTERM the group; SIGKILL it if the child is still alive after ``grace`` seconds."""
-        if grace <= 0:
-            self.kill()
-        else:
-            self.signal_group(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(grace):
-                    return await asyncio.shield(self.exited)
-            except TimeoutError:
-                self.kill()
+        """No more restarts; SIGTERM the group, SIGKILL it if still alive after ``grace`` s."""
+        if self._stop_restarts():
+            if grace <= 0:
+                self._run.kill()
+            else:
+                self._run.signal_group(signal.SIGTERM)
+                try:
+                    async with asyncio.timeout(grace):
+                        return await asyncio.shield(self.exited)
+                except TimeoutError:
+                    self._run.kill()
         return await asyncio.shield(self.exited)
 
     def kill_and_reap_blocking(self) -> None:
         """SIGKILL the group and reap the child synchronously (shutdown without a running loop)."""
-        self.kill()
-        if self._watch is not None:
-            self._watch.cancel()
-            self._watch = None
-        if self.exit_status is None:
-            self.exit_status = ExitStatus.from_returncode(self._popen.wait())
-            guardian.unregister_group(self.pid)
+        self._stopping = True
+        if self._restart_timer is not None:
+            self._restart_timer.cancel()
+            self._restart_timer = None
+        self._run.reap_blocking()
         if not self.exited.done():
             with contextlib.suppress(RuntimeError):  # the future's loop may be closed
                 self.exited.set_result(self.info())
 
     def close(self) -> None:
-        """Release what the parent holds for the child (fds, watchers) and delete its dir."""
-        if self._watch is not None:
-            self._watch.cancel()
-            self._watch = None
-        if self._reader is not None:
-            self._reader.close()  # live streams get what is buffered, then end cleanly
-        if self.writer is not None:
-            self.writer.close()
+        """Release what the parent holds for the process (fds, watchers) and delete its dir."""
+        self._run.close()
+        if self.broadcast is not None:
+            self.broadcast.close()
         remove_process_dir(self.process_dir)
         guardian.unregister_dir(self.process_dir)
+        self._event(EventKind.KILLED)

@@ -28,7 +28,8 @@ from ._errors import (
 )
 from ._logs import LogsQuery
 from ._model import ProcessId, ProcessInfo, Runnable
-from ._streams import MessageStream
+from ._streams import ItemStream, MessageStream
+from ._supervision import ProcessEvent
 
 __all__ = [
     "Abort",
@@ -44,6 +45,7 @@ __all__ = [
     "SendSignal",
     "Spawn",
     "Subscribe",
+    "SubscribeEvents",
     "Terminate",
     "Wait",
 ]
@@ -128,6 +130,13 @@ class Subscribe(Request[MessageStream]):
     error = ReadMessageError
     process_id: ProcessId
     lossless: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeEvents(Request[ItemStream[ProcessEvent]]):
+    """Reply: a new subscriber to every process's events."""
+
+    error = GetProcessInfoError
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,7 @@ __all__ = [
     "make_private_dir",
     "remove_process_dir",
     "spawn_child",
+    "start_child",
 ]
 
 #: Name of the child's own data dir inside its process dir.
@@ -133,13 +134,21 @@ def _limits_setter(options: CmdOptions) -> Callable[[], None] | None:
     return apply_limits
 
 
+def _fifo(path: Path) -> Path:
+    """The FIFO at ``path``: made on the first run, the same one on a restart."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISFIFO(os.lstat(path).st_mode):
+            return path
+    return make_fifo(path)
+
+
 def _prepare_messaging(options: CmdOptions, process_dir: Path, stdio: _Stdio) -> None:
     if options.message_input is MessagingType.STANDARD_IO:
         child_end, stdio.message_in = os.pipe2(os.O_CLOEXEC)
         stdio.child_ends.append(child_end)
         stdio.stdin = child_end
     elif options.message_input is MessagingType.NAMED_PIPE:
-        path = make_fifo(process_dir / INPUT_FIFO_NAME)
+        path = _fifo(process_dir / INPUT_FIFO_NAME)
         stdio.message_in = open_fifo_parent_end(path)
         stdio.env[INPUT_PIPE_ENV_NAME] = str(path)
     if options.message_output is MessagingType.STANDARD_IO:
@@ -147,7 +156,7 @@ def _prepare_messaging(options: CmdOptions, process_dir: Path, stdio: _Stdio) ->
         stdio.child_ends.append(child_end)
         stdio.stdout = child_end
     elif options.message_output is MessagingType.NAMED_PIPE:
-        path = make_fifo(process_dir / OUTPUT_FIFO_NAME)
+        path = _fifo(process_dir / OUTPUT_FIFO_NAME)
         stdio.message_out = open_fifo_parent_end(path)
         stdio.env[OUTPUT_PIPE_ENV_NAME] = str(path)
 
@@ -253,43 +262,54 @@ def spawn_child(
                 f"cannot spawn process {process_id}: bootstrap_cmd returned {cmd!r}, not a Cmd",
                 process_id=process_id,
             )
-        try:
-            stdio = _prepare_stdio(cmd.options, process_dir, devnull)
-            env = build_env(cmd.options, {PROCESS_DATA_DIR_ENV_NAME: str(data_dir), **stdio.env})
-            try:
-                popen = subprocess.Popen(
-                    cmd.argv(),
-                    stdin=stdio.stdin,
-                    stdout=stdio.stdout,
-                    stderr=stdio.stderr,
-                    cwd=cmd.options.current_dir,
-                    env=env,
-                    process_group=0,
-                    close_fds=True,
-                    umask=-1 if cmd.options.umask is None else cmd.options.umask,
-                    preexec_fn=_limits_setter(cmd.options),
-                )
-            except BaseException:
-                stdio.close_all()
-                raise
-            stdio.close_child_ends()  # the child has its copies
-        except subprocess.SubprocessError as exc:  # raised by _limits_setter in the child
-            raise SpawnProcessError(
-                f"cannot apply the rlimits / nice of process {process_id} ({cmd}) in the child "
-                f"(raising a hard limit or lowering niceness needs privileges)",
-                process_id=process_id,
-            ) from exc
-        except OSError as exc:
-            raise SpawnProcessError(
-                f"cannot spawn process {process_id} ({cmd}): {_describe(exc)}",
-                process_id=process_id,
-            ) from exc
+        child = start_child(process_id, cmd, process_dir, devnull)
     except BaseException:
         if bootstrapped:
             with contextlib.suppress(Exception):
                 runnable.clean_after_fail(process_dir)
         shutil.rmtree(process_dir, ignore_errors=True)
         raise
+    return child
+
+
+def start_child(process_id: ProcessId, cmd: Cmd, process_dir: Path, devnull: int) -> SpawnedChild:
+    """Start ``cmd`` in its existing process dir: a first run, or a restart.
+
+    Log files are appended to and FIFOs reused, so a restart goes on where the last run ended.
+    On failure raises :class:`SpawnProcessError` having closed every fd it opened.
+    """
+    data_dir = process_dir / DATA_DIR_NAME
+    try:
+        stdio = _prepare_stdio(cmd.options, process_dir, devnull)
+        env = build_env(cmd.options, {PROCESS_DATA_DIR_ENV_NAME: str(data_dir), **stdio.env})
+        try:
+            popen = subprocess.Popen(
+                cmd.argv(),
+                stdin=stdio.stdin,
+                stdout=stdio.stdout,
+                stderr=stdio.stderr,
+                cwd=cmd.options.current_dir,
+                env=env,
+                process_group=0,
+                close_fds=True,
+                umask=-1 if cmd.options.umask is None else cmd.options.umask,
+                preexec_fn=_limits_setter(cmd.options),
+            )
+        except BaseException:
+            stdio.close_all()
+            raise
+        stdio.close_child_ends()  # the child has its copies
+    except subprocess.SubprocessError as exc:  # raised by _limits_setter in the child
+        raise SpawnProcessError(
+            f"cannot apply the rlimits / nice of process {process_id} ({cmd}) in the child "
+            f"(raising a hard limit or lowering niceness needs privileges)",
+            process_id=process_id,
+        ) from exc
+    except OSError as exc:
+        raise SpawnProcessError(
+            f"cannot spawn process {process_id} ({cmd}): {_describe(exc)}",
+            process_id=process_id,
+        ) from exc
     return SpawnedChild(
         popen=popen,
         cmd=cmd,

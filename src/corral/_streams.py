@@ -584,6 +584,14 @@ class MessageStream(_StreamBase[Message]):
         """Items as ``bytes``, exactly as the child wrote them (without the ``\\n``)."""
         return ItemStream(self._cursor, Message.to_bytes, skip_lost=self._skip_lost)
 
+    def mapped(self, convert: Callable[[Message], _T]) -> ItemStream[_T]:
+        """Items converted by ``convert``; a :class:`~corral.SerdeError` it raises becomes
+        :class:`~corral.ReceiveDeserializedMessageError` for that item, and the stream goes on.
+
+        >>> lengths = stream.mapped(lambda message: len(message.to_bytes()))
+        """
+        return ItemStream(self._cursor, convert, skip_lost=self._skip_lost)
+
     @overload
     def decoded(self, fmt: MessageFormat | str, type: type[_T]) -> ItemStream[_T]: ...
 
@@ -667,6 +675,9 @@ class MessageReader:
     def __init__(
         self, fd: int, broadcast: Broadcast, *, pipe_size: int | None = DEFAULT_PIPE_SIZE
     ) -> None:
+        #: Whether the end of this output ends the broadcast too. A process that will be
+        #: restarted sets it to False: the next run's reader goes on feeding the same streams.
+        self.close_broadcast = True
         self._loop = broadcast.loop
         self._fd = fd
         self._broadcast = broadcast
@@ -812,7 +823,8 @@ class MessageReader:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        self._broadcast.close()
+        if self.close_broadcast:
+            self._broadcast.close()
         if not self._done.done():
             self._done.set_result(None)
 

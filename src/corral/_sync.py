@@ -75,6 +75,7 @@ from ._manager import ProcessManager
 from ._messages import Message
 from ._model import ProcessId, ProcessInfo, Runnable
 from ._requests import LogStream
+from ._supervision import ProcessEvent
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -619,6 +620,25 @@ class SyncProcessManager:
 
         return _iterate_blocking(
             self._portal, open_iterator, ReadMessageError, "subscribe_message_stream()"
+        )
+
+    def subscribe_events(
+        self, *, ignore_lost_messages: bool = False
+    ) -> BlockingIterator[ProcessEvent]:
+        """Every process's events from now on, as an ordinary iterator.
+
+        See :meth:`ProcessManagerHandle.subscribe_events`.
+
+        >>> for event in pm.subscribe_events():
+        ...     print(event.kind.value, event.process_id)
+        """
+
+        async def open_iterator() -> AsyncIterator[ProcessEvent]:
+            stream = await self._handle.subscribe_events()
+            return stream.ignore_lost_messages() if ignore_lost_messages else stream
+
+        return _iterate_blocking(
+            self._portal, open_iterator, GetProcessInfoError, "subscribe_events()"
         )
 
     # --- ending --------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test docs lint typecheck pytest bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ pytest: $(VENV)/.installed-dev
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
+
+# The documentation site, warnings as errors; the result is in site/.
+docs: $(VENV)/.installed-dev
+	$(BIN)/mkdocs build --strict --quiet
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/spawn.py

@@ -185,6 +185,8 @@ class ProcessManager:
                 broadcast = self._get(process_id, request.error).broadcast
                 if broadcast is None:
                     raise messaging_not_configured(ReadMessageError, process_id, "output")
+                if envelope.abandoned:  # nobody would get the stream: not a first subscriber
+                    return
                 envelope.resolve(broadcast.subscribe(lossless))
             case SubscribeEvents():
                 envelope.resolve(self._events.subscribe())
@@ -235,6 +237,8 @@ class ProcessManager:
     def _on_send(self, envelope: Envelope[Any], process: ManagedProcess, data: bytes) -> None:
         if process.writer is None:
             raise messaging_not_configured(WriteMessageError, process.id, "input")
+        if envelope.abandoned:  # the caller was cancelled before the message was queued
+            return
         # The actor never waits for a pipe: the writer queues, the reply follows the write.
         written = process.writer.enqueue(data)
 

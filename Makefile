@@ -35,7 +35,7 @@ test: lint typecheck pytest
 
 # The documentation site, warnings as errors; the result is in site/.
 docs: $(VENV)/.installed-dev
-	$(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/spawn.py

@@ -264,7 +264,7 @@ class ProcessManagerHandle:
     # --- messages -------------------------------------------------------------------------
 
     async def send_message(self, process_id: ProcessId, message: Message | str | bytes) -> None:
-        """Write one message (one line; ``\n`` added when missing) to the child's message input.
+        """Write one message (one line; ``\\n`` added when missing) to the child's message input.
 
         Returns once the message is in the pipe: when the child does not read and the pipe is
         full, this waits (backpressure) and only this caller waits. Cancelling it withdraws the

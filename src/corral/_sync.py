@@ -420,8 +420,8 @@ class SyncProcessManager:
 
     Children are spawned by the background thread; that makes no difference to their lifetime
     (corral's guardian watches the process, not a thread). They die on :meth:`close` or
-    :meth:`abort`, at interpreter exit, or with the parent process. See the module documentation
-    for the threading model.
+    :meth:`abort`, at interpreter exit, or with the parent process. The manager runs on one
+    background thread's event loop; every method crosses to it and blocks for the answer.
 
     >>> with SyncProcessManager() as pm:
     ...     pid = pm.spawn(Cmd("sh", ["-c", "exit 3"]))

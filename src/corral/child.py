@@ -61,8 +61,9 @@ def _format(fmt: object) -> str | None:
 def packb(obj: object) -> bytes:
     """``obj`` as MessagePack, in the smallest encoding of each value (as msgspec writes it).
 
-    Supported: ``None``, ``bool``, ``int`` (-2**63 to 2**64-1), ``float`` (as float 64), ``str``,
-    ``bytes``/``bytearray``/``memoryview`` (bin), ``list``/``tuple`` (array), ``dict`` (map).
+    Supported: ``None``, ``bool``, ``int`` (``-2**63`` to ``2**64-1``), ``float`` (as float
+    64), ``str``, ``bytes``/``bytearray``/``memoryview`` (bin), ``list``/``tuple`` (array),
+    ``dict`` (map).
     Anything else raises ``TypeError``; an int out of range raises ``OverflowError``.
 
     >>> packb({"a": [1, True, None]}).hex()

@@ -1,190 +1,192 @@
-"""The ``corral`` command: ``corral demo`` shows the library at work on real processes."""
+"""The ``corral`` command: ``corral run`` runs a Procfile, ``corral demo`` shows the library.
+
+``corral run [FILE]`` starts every process of a Procfile (or a ``corral.toml``), prints their
+output live, each line prefixed with the time and the process's name, and stops them all when
+one ends or on Ctrl-C; see :mod:`corral._cli_run`. ``corral demo`` runs the library end to end
+on real processes in a few seconds; see :mod:`corral._cli_demo`.
+
+The command line is parsed with the standard library's ``argparse``: two subcommands and a
+handful of options stay small in it, and it adds no dependency to a library whose users may
+only ever import it. The terminal side (colors, the live status table, the demo's progress
+display) uses ``rich``, which also prints plainly when stdout is not a terminal and honours
+``NO_COLOR``.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import collections
+import contextlib
+import os
 import sys
-import time
 from collections.abc import Sequence
+from pathlib import Path
 
-from . import (
-    Cmd,
-    CmdOptions,
-    CorralError,
-    LoggingType,
-    LogsQuery,
-    Message,
-    MessageFormat,
-    MessageStream,
-    ProcessId,
-    ProcessManager,
-    ProcessManagerHandle,
-    Runnable,
-    Script,
-    ScriptingLanguage,
-)
+from rich.console import Console
 
 __all__ = ["main"]
 
+#: Exit status for a file that cannot be run or a bad option (argparse's own is 2 too).
+EXIT_USAGE = 2
 
-def _demo_runnables(count: int) -> list[tuple[str, Runnable]]:
-    """A mix of commands and scripts, some failing on purpose."""
-    kinds: list[tuple[str, Runnable]] = [
-        ("true", Cmd("true")),
-        ("false", Cmd("false")),
-        ("sleep 0.2", Cmd("sleep", ["0.2"])),
-        (
-            "echo",
-            Cmd.parse(
-                "echo 'no shell: $HOME | stays literal'",
-                CmdOptions.with_logging(LoggingType.STDOUT_ONLY),
-            ),
-        ),
-        ("bash script", Script(ScriptingLanguage.BASH, 'test -d "$PROCESS_DATA_DIR" && exit 0')),
-        (
-            "python script",
-            Script(ScriptingLanguage.PYTHON, "import sys; sys.exit(int(sys.argv[1]) % 3)", ["7"]),
-        ),
-    ]
-    return [kinds[i % len(kinds)] for i in range(count)]
+#: Exit status when stdout is closed early (``corral demo | head``), as a shell reports a death
+#: by SIGPIPE.
+EXIT_BROKEN_PIPE = 128 + 13
 
 
-async def _demo(count: int) -> int:
-    out = sys.stdout
-    started = time.perf_counter()
-    async with ProcessManager.spawn() as handle:
-        out.write(f"corral demo: spawning {count} processes (commands and scripts)\n")
-        runnables = _demo_runnables(count)
-        ids: list[ProcessId] = await asyncio.gather(*(handle.spawn(r) for _, r in runnables))
-        spawned = time.perf_counter()
-        infos = await asyncio.gather(*(handle.get_process_info(i) for i in ids))
-        pids = ", ".join(str(info.pid) for info in infos[:8])
-        out.write(f"  spawned {count} in {(spawned - started) * 1e3:.1f} ms; pids {pids}, ...\n")
+class _Console(Console):
+    """rich's console, letting a closed stdout raise ``BrokenPipeError`` (rich would exit 1)."""
 
-        finals = await asyncio.gather(*(handle.wait(i, timeout=30) for i in ids))
-        waited = time.perf_counter()
-        out.write(f"  all exited after {(waited - started) * 1e3:.1f} ms\n\n")
-        by_kind: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
-        for (name, _), info in zip(runnables, finals, strict=True):
-            by_kind[name][str(info.exit_status)] += 1
-        out.write(f"  {'what':<16} {'how it ended':<40}\n")
-        for name, statuses in by_kind.items():
-            summary = ", ".join(f"{n} x {status}" for status, n in sorted(statuses.items()))
-            out.write(f"  {name:<16} {summary:<40}\n")
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
 
-        await _demo_logs(handle, ids[3])
-        await _demo_messages(handle)
-        await asyncio.gather(*(handle.kill(i) for i in ids))
-        out.write(
-            f"\n  killed (released) all {count}; known now: {len(await handle.list_processes())}\n"
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, not {text}")
+    return value
+
+
+def _concurrency(text: str) -> tuple[str, int]:
+    name, equals, count = text.partition("=")
+    if not equals or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=COUNT, not {text!r}")
+    return name, _positive_int(count)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="corral", description="Spawn and manage many child processes."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo",
+        help="show what corral does, on real processes, in a few seconds",
+        description="Show corral end to end on real processes: a pool, messages both ways, "
+        "logs, kill, scoped handles, terminate with grace, a restart policy, typed errors.",
+    )
+    demo.add_argument(
+        "-n", "--count", type=_positive_int, default=48, help="processes in the pool (48)"
+    )
+
+    run = commands.add_parser(
+        "run",
+        help="run the processes of a Procfile or corral.toml until one ends or Ctrl-C",
+        description="Start every process of FILE, print their output live, and stop them all "
+        "(SIGTERM, then SIGKILL after --grace seconds) when the first one ends or on Ctrl-C. "
+        "Exits with the first failure's status (128+N for signal N), else 0.",
+        epilog="Procfile lines are 'name: command line' (split like a shell would, but no "
+        "shell runs it); corral.toml has [process.NAME] tables with cmd, env, cwd, restart "
+        "('never', 'on-failure', 'always'), max_restarts, backoff_initial and backoff_cap.",
+    )
+    run.add_argument(
+        "file",
+        nargs="?",
+        type=Path,
+        help="a Procfile, or a .toml file (default: ./Procfile, else ./corral.toml)",
+    )
+    run.add_argument(
+        "--only",
+        action="append",
+        metavar="NAME",
+        default=[],
+        help="run only this process (repeatable)",
+    )
+    run.add_argument(
+        "-c",
+        "--concurrency",
+        action="append",
+        type=_concurrency,
+        metavar="NAME=COUNT",
+        default=[],
+        help="run COUNT copies of NAME, shown as NAME.1, NAME.2, ... (repeatable)",
+    )
+    run.add_argument(
+        "--grace",
+        type=_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="time between SIGTERM and SIGKILL when stopping (5)",
+    )
+    run.add_argument("--no-color", action="store_true", help="no colors (NO_COLOR works too)")
+    run.add_argument(
+        "--logs-dir",
+        type=Path,
+        metavar="DIR",
+        help="also append each process's output to DIR/NAME.stdout.log and NAME.stderr.log",
+    )
+    run.add_argument(
+        "--status", action="store_true", help="show a live table of the processes' states"
+    )
+    return parser
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    from ._cli_run import ConfigError, RunOptions, default_file, load_specs, run
+
+    try:
+        path: Path = args.file if args.file is not None else default_file()
+        specs = load_specs(path)
+        names = [spec.name for spec in specs]
+        for name in [*args.only, *(name for name, _ in args.concurrency)]:
+            if name not in names:
+                raise ConfigError(f"{path}: no process named {name!r} (has {', '.join(names)})")
+        if args.only:
+            specs = [spec for spec in specs if spec.name in args.only]
+        logs_dir: Path | None = args.logs_dir
+        if logs_dir is not None:
+            try:
+                logs_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"--logs-dir {logs_dir}: {exc.strerror or exc}") from None
+        options = RunOptions(
+            grace=args.grace,
+            concurrency=dict(args.concurrency),
+            logs_dir=logs_dir,
+            status=args.status,
         )
-        await _demo_lifecycle(handle)
-    out.write(f"\ndone in {(time.perf_counter() - started) * 1e3:.0f} ms; nothing left behind\n")
-    return 0
-
-
-async def _demo_logs(handle: ProcessManagerHandle, echo_id: ProcessId) -> None:
-    out = sys.stdout
-    out.write(f"\n  logs of an echo ({echo_id}): {await handle.get_logs_stdout(echo_id)}\n")
-    script = (
-        "import sys\n"
-        "for i in range(1, 10001):\n"
-        "    print(f'line {i}')\n"
-        "    if i % 2500 == 0: print(f'progress {i // 100}%', file=sys.stderr)\n"
-    )
-    opts = CmdOptions.with_logging(LoggingType.STDOUT_AND_STDERR)
-    proc = await handle.spawn_with_handle(Script(ScriptingLanguage.PYTHON, script, options=opts))
-    progress = [line async for line in proc.follow_logs("stderr")]  # live, ends at exit
-    out.write(f"  followed stderr of a python script: {progress}\n")
-    first = await proc.get_logs_stdout(LogsQuery.with_limit(2))
-    middle = await proc.get_logs_stdout(LogsQuery.with_offset_and_limit(5000, 2))
-    last = await proc.get_logs_stdout(LogsQuery.tail(2))
-    out.write(f"  its stdout: first {first}, from line 5000 {middle}, last {last}\n")
-    await proc.kill()
-
-
-_WORKER = """\
-from corral import child
-for job in child.messages("json"):
-    n = job["n"]
-    factors, d = [], 2
-    while d * d <= n:
-        while n % d == 0:
-            factors.append(d)
-            n //= d
-        d += 1
-    if n > 1:
-        factors.append(n)
-    child.send({"job": job["id"], "n": job["n"], "factors": factors}, "json")
-"""
-
-
-async def _demo_messages(handle: ProcessManagerHandle, workers: int = 4, jobs: int = 24) -> None:
-    """A pool of Python workers taking jobs as JSON messages over FIFOs and answering."""
-    out = sys.stdout
-    opts = CmdOptions.with_named_pipe_messaging()
-    pool = [
-        await handle.spawn_with_handle(Script(ScriptingLanguage.PYTHON, _WORKER, options=opts))
-        for _ in range(workers)
-    ]
-    streams = [await w.subscribe_message_stream(lossless=True) for w in pool]
-    started = time.perf_counter()
-    numbers = [2**31 - 1 + 2 * i for i in range(jobs)]
-    for i, n in enumerate(numbers):  # round robin: job i to worker i % workers
-        job = Message.from_serializable({"id": i, "n": n}, MessageFormat.JSON)
-        await pool[i % workers].send_message(job)
-
-    async def collect(stream: MessageStream, count: int) -> list[dict[str, object]]:
-        results: list[dict[str, object]] = []
-        async for result in stream.decoded(MessageFormat.JSON, dict[str, object]):
-            results.append(result)
-            if len(results) == count:
-                break
-        return results
-
-    per_worker = [len(range(w, jobs, workers)) for w in range(workers)]
-    answers = await asyncio.gather(
-        *(collect(s, c) for s, c in zip(streams, per_worker, strict=True))
-    )
-    elapsed = (time.perf_counter() - started) * 1e3
-    out.write(f"\n  {workers} python workers factored {jobs} numbers sent as JSON messages ")
-    out.write(f"over named pipes in {elapsed:.0f} ms; a few answers:\n")
-    for worker, results in enumerate(answers):
-        first = results[0]
-        out.write(f"    worker {worker}: job {first['job']}: {first['n']} = {first['factors']}\n")
-    await asyncio.gather(*(process.kill() for process in pool))
-
-
-async def _demo_lifecycle(handle: ProcessManagerHandle) -> None:
-    out = sys.stdout
-    sleeper = await handle.spawn_with_handle(Cmd("sleep", ["60"]))
-    try:
-        await sleeper.wait(timeout=0.1)
-    except TimeoutError:
-        out.write(f"  {sleeper.id}: still running after a 0.1 s wait (left untouched)\n")
-    await sleeper.kill()
-    out.write(f"  {sleeper.id}: killed\n")
-    async with await handle.spawn_with_scoped_handle(Cmd("sleep", ["60"])) as scoped:
-        pid = (await scoped.get_process_info()).pid
-    out.write(f"  scoped handle: pid {pid} killed when its block ended\n")
-    try:
-        await handle.spawn(Cmd("no-such-program-here"))
-    except CorralError as exc:
-        out.write(f"  a typed error: {type(exc).__name__}: {exc}\n")
+        console = _Console(
+            color_system=None if args.no_color else "auto", highlight=False, soft_wrap=True
+        )
+        return run(specs, options, console)
+    except ConfigError as exc:
+        print(f"corral: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``corral`` command."""
-    parser = argparse.ArgumentParser(prog="corral", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="spawn real processes and show what corral does")
-    demo.add_argument("-n", "--count", type=int, default=48, help="processes to spawn")
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        return asyncio.run(_demo(args.count))
-    return 2  # pragma: no cover - argparse rejects unknown commands
+    """Entry point of the ``corral`` command; returns its exit status.
+
+    >>> main(["run", "--only", "web", "Procfile"])  # doctest: +SKIP
+    0
+    """
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run_command(args)
+        from ._cli_demo import demo
+
+        return demo(args.count, _Console(highlight=False))
+    except BrokenPipeError:  # stdout closed early: stop quietly
+        with contextlib.suppress(OSError, ValueError):  # the interpreter's last flush too
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -18,57 +18,12 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from oracles import FORMS, build, expected, oracle_lines
 
 import corral._logs as logs_module
 from corral._logs import LogFile, LogsQuery, split_lines
 
 # --- the oracle ---------------------------------------------------------------------------------
-
-
-def oracle_lines(content: bytes) -> list[str]:
-    """The lines of ``content`` by the spec's rules, computed the obvious way."""
-    if not content:
-        return []
-    pieces = content.split(b"\n")
-    if content.endswith(b"\n"):
-        pieces.pop()
-    return [piece.decode("utf-8", errors="replace") for piece in pieces]
-
-
-FORMS = ("fetch_all", "with_limit", "with_offset", "with_offset_and_limit", "tail", "from_end")
-
-
-def build(form: str, k: int, n: int) -> LogsQuery:
-    """The query ``form`` with its arguments taken from ``k`` (offset) and ``n`` (count)."""
-    if form == "fetch_all":
-        return LogsQuery.fetch_all()
-    if form == "with_limit":
-        return LogsQuery.with_limit(n)
-    if form == "with_offset":
-        return LogsQuery.with_offset(k)
-    if form == "with_offset_and_limit":
-        return LogsQuery.with_offset_and_limit(k, n)
-    if form == "tail":
-        return LogsQuery.tail(n)
-    assert form == "from_end"
-    return LogsQuery.from_end(k, n)
-
-
-def expected(lines: list[str], form: str, k: int, n: int) -> list[str]:
-    """What ``build(form, k, n)`` must return for a file holding ``lines``."""
-    total = len(lines)
-    if form == "fetch_all":
-        return lines
-    if form == "with_limit":
-        return lines[:n]
-    if form == "with_offset":
-        return lines[k:]
-    if form == "with_offset_and_limit":
-        return lines[k : k + n]
-    if form == "tail":
-        return lines[total - min(n, total) :]
-    end = max(0, total - k)
-    return lines[max(0, end - n) : end]
 
 
 # --- strategies -----------------------------------------------------------------------------

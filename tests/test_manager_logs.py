@@ -25,6 +25,7 @@ import pytest
 from conftest import TIMEOUT, fd_count, python_cmd
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from oracles import FORMS, build, expected, oracle_lines
 
 from corral import (
     Cmd,
@@ -98,56 +99,6 @@ def log_files(process_dir: Path) -> set[str]:
 
 
 # --- the oracle -------------------------------------------------------------------------------
-
-
-def oracle_lines(content: bytes) -> list[str]:
-    """The lines of ``content`` by the spec's rules, computed the obvious way."""
-    if not content:
-        return []
-    pieces = content.split(b"\n")
-    if content.endswith(b"\n"):
-        pieces.pop()
-    return [piece.decode("utf-8", errors="replace") for piece in pieces]
-
-
-FORMS = ("fetch_all", "with_limit", "with_offset", "with_offset_and_limit", "tail", "from_end")
-
-
-def build(form: str, k: int, n: int) -> LogsQuery:
-    """The query ``form``, taking its offset from ``k`` and its count from ``n``."""
-    match form:
-        case "fetch_all":
-            return LogsQuery.fetch_all()
-        case "with_limit":
-            return LogsQuery.with_limit(n)
-        case "with_offset":
-            return LogsQuery.with_offset(k)
-        case "with_offset_and_limit":
-            return LogsQuery.with_offset_and_limit(k, n)
-        case "tail":
-            return LogsQuery.tail(n)
-        case _:
-            assert form == "from_end"
-            return LogsQuery.from_end(k, n)
-
-
-def expected(lines: list[str], form: str, k: int, n: int) -> list[str]:
-    """What ``build(form, k, n)`` selects from ``lines``, by plain slicing."""
-    total = len(lines)
-    match form:
-        case "fetch_all":
-            return lines
-        case "with_limit":
-            return lines[:n]
-        case "with_offset":
-            return lines[k:]
-        case "with_offset_and_limit":
-            return lines[k : k + n]
-        case "tail":
-            return lines[max(0, total - n) :]
-        case _:
-            end = max(0, total - k)
-            return lines[max(0, end - n) : end]
 
 
 # --- each logging type: what is captured where --------------------------------------------------

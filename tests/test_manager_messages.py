@@ -26,7 +26,7 @@ import msgspec
 import pytest
 from conftest import TIMEOUT, assert_no_zombie, fd_count, python_cmd, sleep_cmd
 from hypothesis import given, settings
-from hypothesis import strategies as st
+from oracles import JSON_VALUES, MSGPACK_VALUES
 
 from corral import (
     Cmd,
@@ -324,27 +324,6 @@ async def test_echo_through_the_manager_handle(
 
 
 # --- formats: property round trips and typed decoding -----------------------------------------
-
-_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text()
-)
-JSON_VALUES = st.recursive(
-    _scalars,
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
-    max_leaves=20,
-)
-MSGPACK_VALUES = st.recursive(
-    _scalars | st.binary() | st.floats(allow_nan=False),
-    lambda inner: (
-        st.lists(inner, max_size=5)
-        | st.dictionaries(st.text() | st.integers(-1000, 1000), inner, max_size=5)
-    ),
-    max_leaves=20,
-)
 
 
 @pytest.mark.parametrize("fmt", list(MessageFormat), ids=str)

@@ -10,33 +10,12 @@ import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from oracles import JSON_VALUES, MSGPACK_VALUES
 
 from corral._errors import SerdeError
 from corral._messages import Message, MessageFormat, as_format, encode_outgoing
 
 ALL_FORMATS = list(MessageFormat)
-
-# Values every format carries exactly (JSON has no bytes, no NaN, and only str keys).
-json_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text()
-)
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
-    max_leaves=20,
-)
-msgpack_values = st.recursive(
-    json_scalars | st.binary() | st.floats(allow_nan=False),
-    lambda inner: (
-        st.lists(inner, max_size=5)
-        | st.dictionaries(st.text() | st.integers(-1000, 1000), inner, max_size=5)
-    ),
-    max_leaves=20,
-)
 
 
 @dataclasses.dataclass
@@ -119,7 +98,7 @@ def test_known_encodings() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(value=json_values, fmt=st.sampled_from(ALL_FORMATS))
+@given(value=JSON_VALUES, fmt=st.sampled_from(ALL_FORMATS))
 def test_round_trip_json_compatible_values(value: Any, fmt: MessageFormat) -> None:
     message = Message.from_serializable(value, fmt)
     assert b"\n" not in message.to_bytes()
@@ -128,10 +107,10 @@ def test_round_trip_json_compatible_values(value: Any, fmt: MessageFormat) -> No
 
 @settings(max_examples=60, deadline=None)
 @given(
-    value=msgpack_values,
+    value=MSGPACK_VALUES,
     fmt=st.sampled_from([MessageFormat.MESSAGE_PACK_BASE64, MessageFormat.MESSAGE_PACK_HEX]),
 )
-def test_round_trip_msgpack_values(value: Any, fmt: MessageFormat) -> None:
+def test_round_trip_MSGPACK_VALUES(value: Any, fmt: MessageFormat) -> None:
     decoded = Message.from_serializable(value, fmt).deserialize(fmt)
     assert _same(decoded, value)
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from . import _guardian as guardian
 from ._errors import SpawnProcessError
 from ._logs import LogFile
-from ._model import Cmd, ExitStatus, ProcessId, ProcessInfo
+from ._model import Cmd, ExitStatus, ProcessId, ProcessInfo, RestartMode
 from ._platform import ExitWatch, watch_exit
 from ._spawn import SpawnedChild, remove_process_dir
 from ._streams import Broadcast, MessageReader, MessageWriter
@@ -190,6 +190,10 @@ class ManagedProcess:
 
     def _start_run(self, child: SpawnedChild) -> _Run:
         run = _Run(child, self._loop, self.id, self.broadcast, self._on_exit)
+        if run.reader is not None and self._tracker.policy.mode is not RestartMode.NEVER:
+            # A restart may follow, and the end of this run's output (a pipe's EOF comes before
+            # the exit is seen) must not end the streams: _go_down does, when down for good.
+            run.reader.close_broadcast = False
         self._run = run
         self._tracker.run_started()
         self._event(EventKind.SPAWNED)
@@ -202,8 +206,6 @@ class ManagedProcess:
         if not self._stopping:
             self._event(EventKind.EXITED)
             delay, reason = self._tracker.after_exit(status)
-        if delay is not None and run.reader is not None:
-            run.reader.close_broadcast = False  # the next run goes on feeding the same streams
         # Deliver what the child wrote, then end its streams; fail sends from now on.
         if run.reader is not None:
             run.reader.child_exited()
@@ -227,6 +229,8 @@ class ManagedProcess:
         try:
             child = self._respawn()
         except SpawnProcessError as exc:  # e.g. the program is gone: a failed run
+            # A run of no length: the last real run's length must not reset the streak.
+            self._tracker.run_started()
             delay, reason = self._tracker.after_exit(_SPAWN_FAILED)
             if delay is None:
                 self._go_down(reason or f"restart failed: {exc}")

@@ -483,8 +483,16 @@ async def test_a_subscriber_that_does_not_read_loses_events_with_the_count(
     # It goes on with the oldest event still buffered: the last 1,024 of them.
     async with asyncio.timeout(TIMEOUT):
         kept = [await anext(events) for _ in range(capacity)]
-    assert kinds(kept).count(EventKind.EXITED) == n
-    assert kinds(kept).count(EventKind.SPAWNED) == capacity - n
+    # Spawns and exits interleave (the manager lets the loop run between spawns), so which
+    # events are the last 1,024 varies; their order and shape do not.
+    assert [event.time for event in kept] == sorted(event.time for event in kept)
+    for process_id in ids:
+        assert kinds(of(kept, process_id)) in (
+            [],
+            [EventKind.EXITED],
+            [EventKind.SPAWNED, EventKind.EXITED],
+        )
+    assert kept[-1].kind is EventKind.EXITED
     rest = await events_after_abort(manager, events)
     assert kinds(rest) == [EventKind.KILLED] * n
 

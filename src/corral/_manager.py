@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import functools
 import os
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from ._errors import (
@@ -122,6 +123,7 @@ class ProcessManager:
         self._released = False  # every child reaped, every resource released
         self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self._events = EventBroadcast(_EVENT_CAPACITY, loop)
+        self._paced: collections.deque[Callable[[], None]] = collections.deque()
         _LIVE.add(self)
         self._task = loop.create_task(self._run(), name=f"corral-manager-{self.working_dir.name}")
 
@@ -147,6 +149,10 @@ class ProcessManager:
                     envelope.fail(exc)
                 except Exception as exc:  # a bug must reach the caller, not kill the actor
                     envelope.fail(exc)
+                if isinstance(envelope.request, Spawn):
+                    # A spawn holds the loop until the child execs: let other work in between
+                    # the spawns of a burst (the queue does not suspend while it has requests).
+                    await asyncio.sleep(0)
         finally:
             if not self._released:  # cancelled or collected before abort() finished
                 self.shutdown_now()
@@ -207,6 +213,18 @@ class ProcessManager:
             raise LoggingNotConfiguredError(process_id, stream)
         return log
 
+    def _pace(self, spawn: Callable[[], None]) -> None:
+        """Run ``spawn`` soon, at most one per loop turn (restarts come in bursts)."""
+        self._paced.append(spawn)
+        if len(self._paced) == 1:
+            self.loop.call_soon(self._run_paced)
+
+    def _run_paced(self) -> None:
+        if self._paced:
+            self._paced.popleft()()
+        if self._paced:
+            self.loop.call_soon(self._run_paced)
+
     def _start(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coro)
         self._tasks.add(task)
@@ -227,7 +245,9 @@ class ProcessManager:
         respawn = functools.partial(
             start_child, process_id, child.cmd, child.process_dir, self._devnull
         )
-        process = ManagedProcess(process_id, child, self.loop, respawn, self._events.publish)
+        process = ManagedProcess(
+            process_id, child, self.loop, respawn, self._pace, self._events.publish
+        )
         self._processes[process_id] = process
         if envelope.abandoned:  # the caller was cancelled: nobody will ever know this id
             self._on_kill(Envelope(Kill(process_id)), process_id)

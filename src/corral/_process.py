@@ -113,6 +113,7 @@ class ManagedProcess:
         child: SpawnedChild,
         loop: asyncio.AbstractEventLoop,
         respawn: Callable[[], SpawnedChild],
+        pace: Callable[[Callable[[], None]], None],
         emit: Callable[[ProcessEvent], None],
     ) -> None:
         self.id = process_id
@@ -120,6 +121,7 @@ class ManagedProcess:
         self.process_dir = child.process_dir
         self._loop = loop
         self._respawn = respawn
+        self._pace = pace
         self._emit = emit
         #: Captured streams ("stdout" / "stderr"); a merged log is one LogFile under both names.
         self.logs: dict[str, LogFile] = {}
@@ -133,6 +135,7 @@ class ManagedProcess:
             self.broadcast = Broadcast(capacity, process_id=process_id, loop=loop)
         self._tracker = RestartTracker(child.cmd.options.restart_policy)
         self._restart_timer: asyncio.TimerHandle | None = None
+        self._restart_pending = False  # from RESTARTING until the next run starts (or stop)
         self._stopping = False  # kill / terminate / abort: no more restarts
         self._gave_up: str | None = None
         #: Resolved with the final :class:`ProcessInfo` once the process is down for good.
@@ -169,7 +172,7 @@ class ManagedProcess:
             exit_status=self.exit_status,
             is_running=self.is_running,
             restarts=self._tracker.restarts,
-            restart_pending=self._restart_timer is not None,
+            restart_pending=self._restart_pending,
             gave_up_reason=self._gave_up,
         )
 
@@ -218,13 +221,29 @@ class ManagedProcess:
 
     def _schedule_restart(self, delay: float) -> None:
         self._tracker.restarting()
-        self._restart_timer = self._loop.call_later(delay, self._restart)
+        self._restart_pending = True
+        self._restart_timer = self._loop.call_later(delay, self._restart_due)
         self._event(EventKind.RESTARTING, delay=delay)
 
-    def _restart(self) -> None:
+    def _restart_due(self) -> None:
         self._restart_timer = None
         if self._stopping:
             return
+        reader = self._run.reader
+        if reader is not None and not reader.closed:
+            # The last run's output is still being delivered (a lossless subscriber may hold it
+            # back): the next run's messages come after it, none is dropped.
+            drained = asyncio.ensure_future(reader.wait_closed())
+            drained.add_done_callback(lambda _: self._restart_due())
+            return
+        # Spawning blocks the loop until the child execs: the manager paces restarts, one per
+        # loop turn, so a burst of them cannot stall everything else.
+        self._pace(self._restart)
+
+    def _restart(self) -> None:
+        if self._stopping or not self._restart_pending:
+            return
+        self._restart_pending = False
         self._run.close()
         try:
             child = self._respawn()
@@ -258,6 +277,7 @@ class ManagedProcess:
     def _stop_restarts(self) -> bool:
         """No more restarts; True if a run is still alive (else the process is now down)."""
         self._stopping = True
+        self._restart_pending = False
         if self._restart_timer is not None:
             self._restart_timer.cancel()
             self._restart_timer = None
@@ -299,6 +319,7 @@ class ManagedProcess:
     def kill_and_reap_blocking(self) -> None:
         """SIGKILL the group and reap the child synchronously (shutdown without a running loop)."""
         self._stopping = True
+        self._restart_pending = False
         if self._restart_timer is not None:
             self._restart_timer.cancel()
             self._restart_timer = None

@@ -2,7 +2,9 @@
 
 Once per parent process corral starts a tiny guardian (a Python interpreter running
 ``_GUARDIAN_CODE``) in a session of its own, with a pipe from the parent as its stdin. Each
-child's process group is registered on spawn and unregistered once the child is reaped. When the
+child's process group is registered on spawn (one pipe write) and forgotten once its leader has
+exited: on Linux the guardian watches each leader through a pidfd, elsewhere the parent tells it
+when it reaps the child. When the
 parent dies, however it dies, the kernel closes the pipe; the guardian reads EOF and SIGKILLs every
 group still registered, grandchildren included, removes the dirs it was told about (process dirs,
 a manager's own temp dir), then exits.
@@ -34,33 +36,58 @@ import sys
 import threading
 from pathlib import Path
 
+from ._platform import HAS_PIDFD
+
 __all__ = ["register_dir", "register_group", "unregister_dir", "unregister_group"]
 
 _GUARDIAN_CODE = r"""
-import os, shutil, signal
+import os, select, shutil, signal
 for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGPIPE"):
     if hasattr(signal, name):
         signal.signal(getattr(signal, name), signal.SIG_IGN)
-groups, dirs = set(), set()
+groups, dirs, leaders = set(), set(), {}
+poller = select.poll()
+poller.register(0, select.POLLIN)
 pending = b""
-while True:
-    try:
-        data = os.read(0, 65536)
-    except InterruptedError:
-        continue
-    if not data:
-        break
-    pending += data
-    *records, pending = pending.split(b"\n")
-    for record in records:
-        kind, sign, value = record[:1], record[1:2], record[2:]
+running = True
+while running:
+    for fd, _ in poller.poll():
+        if fd != 0:  # a group leader exited: its id may be reused, forget the group
+            groups.discard(leaders.pop(fd))
+            poller.unregister(fd)
+            os.close(fd)
+            continue
         try:
-            if kind == b"G":
-                (groups.add if sign == b"+" else groups.discard)(int(value))
-            elif kind == b"D":
-                (dirs.add if sign == b"+" else dirs.discard)(bytes.fromhex(value.decode()))
-        except ValueError:
-            pass  # a garbled record must not cost the other children their guardian
+            data = os.read(0, 65536)
+        except InterruptedError:
+            continue
+        if not data:
+            running = False
+            break
+        pending += data
+        *records, pending = pending.split(b"\n")
+        for record in records:
+            kind, sign, value = record[:1], record[1:2], record[2:]
+            try:
+                if kind == b"G" and sign == b"+":
+                    group = int(value)
+                    groups.add(group)
+                    if hasattr(os, "pidfd_open"):  # watch the leader: no unregistration needed
+                        try:
+                            leader = os.pidfd_open(group)
+                        except ProcessLookupError:  # already gone
+                            groups.discard(group)
+                        except OSError:  # no pidfds here: the parent says when it is reaped
+                            pass
+                        else:
+                            leaders[leader] = group
+                            poller.register(leader, select.POLLIN)
+                elif kind == b"G":
+                    groups.discard(int(value))
+                elif kind == b"D":
+                    (dirs.add if sign == b"+" else dirs.discard)(bytes.fromhex(value.decode()))
+            except ValueError:
+                pass  # a garbled record must not cost the other children their guardian
 for group in groups:
     try:
         os.killpg(group, signal.SIGKILL)
@@ -69,6 +96,10 @@ for group in groups:
 for path in dirs:
     shutil.rmtree(path, ignore_errors=True)
 """
+
+#: Whether the guardian watches each group's leader itself (a pidfd per leader): then a reaped
+#: child needs no message, and a spawn costs one pipe write.
+_WATCHES_LEADERS = HAS_PIDFD
 
 
 def _line(sign: bytes, record: bytes) -> bytes:
@@ -127,10 +158,10 @@ class _Guardian:
             if self._ensure_started():
                 self._write(_line(b"+", record))
 
-    def remove(self, record: bytes) -> None:
+    def remove(self, record: bytes, *, tell: bool = True) -> None:
         with self._lock:
             self._records.discard(record)
-            if self._fd >= 0:
+            if tell and self._fd >= 0:
                 self._write(_line(b"-", record))
 
     def forget_after_fork(self) -> None:
@@ -152,8 +183,11 @@ def register_group(group: int) -> None:
 
 
 def unregister_group(group: int) -> None:
-    """The group's leader was reaped: its id may be reused, never signal it from now on."""
-    _GUARDIAN.remove(b"G%d" % group)
+    """The group's leader was reaped: its id may be reused, never signal it from now on.
+
+    Where the guardian watches leaders through pidfds it already knows: nothing is written.
+    """
+    _GUARDIAN.remove(b"G%d" % group, tell=not _WATCHES_LEADERS)
 
 
 def register_dir(path: Path) -> None:

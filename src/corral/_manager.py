@@ -246,7 +246,13 @@ class ProcessManager:
             start_child, process_id, child.cmd, child.process_dir, self._devnull
         )
         process = ManagedProcess(
-            process_id, child, self.loop, respawn, self._pace, self._events.publish
+            process_id,
+            child,
+            self.loop,
+            respawn,
+            self._pace,
+            self._events.publish,
+            guard_dir=not self._workdir.owned,
         )
         self._processes[process_id] = process
         if envelope.abandoned:  # the caller was cancelled: nobody will ever know this id

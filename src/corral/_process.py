@@ -115,6 +115,7 @@ class ManagedProcess:
         respawn: Callable[[], SpawnedChild],
         pace: Callable[[Callable[[], None]], None],
         emit: Callable[[ProcessEvent], None],
+        guard_dir: bool,
     ) -> None:
         self.id = process_id
         self.cmd: Cmd = child.cmd
@@ -140,7 +141,11 @@ class ManagedProcess:
         self._gave_up: str | None = None
         #: Resolved with the final :class:`ProcessInfo` once the process is down for good.
         self.exited: asyncio.Future[ProcessInfo] = loop.create_future()
-        guardian.register_dir(self.process_dir)
+        # In a working dir of the user's, the guardian removes this dir if the parent dies; a
+        # working dir corral made is removed whole, this one with it.
+        self._guard_dir = guard_dir
+        if guard_dir:
+            guardian.register_dir(self.process_dir)
         self._run = self._start_run(child)
 
     # --- state ----------------------------------------------------------------------------
@@ -334,5 +339,6 @@ class ManagedProcess:
         if self.broadcast is not None:
             self.broadcast.close()
         remove_process_dir(self.process_dir)
-        guardian.unregister_dir(self.process_dir)
+        if self._guard_dir:
+            guardian.unregister_dir(self.process_dir)
         self._event(EventKind.KILLED)

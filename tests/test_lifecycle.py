@@ -1,0 +1,679 @@
+"""Lifecycle and safety with real processes and real signals (SPEC section 6).
+
+Process groups (grandchildren die with their parent's group), terminate's grace, send_signal,
+no orphans when the parent is SIGKILLed (the guardian), aborting many children at once, a
+thousand live children without a thread each, churn without leaks, private permissions.
+
+Nothing here sleeps to wait for a condition: exits are awaited through pidfds (which work for
+any pid, not only our children) or the manager's own ``wait``; a child reports that it is ready
+on its captured stdout, which the test follows. Every wait has a bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import AsyncGenerator, Awaitable, Iterable, Iterator
+from pathlib import Path
+from typing import TypeVar, cast
+
+import pytest
+from conftest import (
+    TIMEOUT,
+    assert_no_zombie,
+    children_of_self,
+    fd_count,
+    pid_alive,
+    sleep_cmd,
+    start_time,
+    wait_exited,
+    wait_fd_readable,
+)
+
+from corral import (
+    Cmd,
+    CmdOptions,
+    ExitStatus,
+    KillProcessError,
+    LoggingType,
+    ProcessId,
+    ProcessManager,
+    ProcessManagerHandle,
+    ProcessNotFoundError,
+)
+
+T = TypeVar("T")
+
+STDOUT_LOG = CmdOptions(logging_type=LoggingType.STDOUT_ONLY)
+
+#: Starts a grandchild (in the child's process group), prints its pid, waits for it.
+GRANDCHILD = "sleep 300 & echo $!; wait"
+#: Ignores SIGTERM (inherited by the exec'd sleep), then says so.
+TRAPS_TERM = "trap '' TERM; echo ready; exec sleep 300"
+
+KILLED = ExitStatus(None, signal.SIGKILL, False)
+TERMINATED = ExitStatus(None, signal.SIGTERM, False)
+
+
+def bash(script: str, options: CmdOptions | None = STDOUT_LOG) -> Cmd:
+    return Cmd("bash", ["-c", script], options)
+
+
+# --- helpers: the OS's view of processes ----------------------------------------------------------
+
+
+def status_field(pid: int, name: str) -> str:
+    """A field of /proc/<pid>/status."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key == name:
+                return value.strip()
+    raise KeyError(name)
+
+
+def has_signal(mask: str, sig: int) -> bool:
+    """Whether a hex signal set from /proc/<pid>/status holds ``sig``."""
+    return bool(int(mask, 16) >> (sig - 1) & 1)
+
+
+def signal_pending(pid: int, sig: int) -> bool:
+    """Whether ``sig`` was sent to ``pid`` and not delivered yet."""
+    return any(has_signal(status_field(pid, f), sig) for f in ("ShdPnd", "SigPnd"))
+
+
+def parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        text = f.read()
+    return int(text[text.rindex(")") + 2 :].split()[1])
+
+
+def guardians_of_self() -> list[int]:
+    """Our children in a session of their own: corral's guardian (its children share ours)."""
+    ours = os.getsid(0)
+    found = []
+    for pid in children_of_self():
+        with contextlib.suppress(ProcessLookupError):
+            if os.getsid(pid) != ours and pid_alive(pid):
+                found.append(pid)
+    return found
+
+
+def rss_bytes() -> int:
+    return int(status_field(os.getpid(), "VmRSS").split()[0]) * 1024
+
+
+@contextlib.contextmanager
+def pidfds(processes: Iterable[tuple[int, int]]) -> Iterator[list[int]]:
+    """Pidfds on those of ``processes`` (pid, start time) still running; closed at the end.
+
+    The identity is checked after the open: a pidfd on a reused pid is dropped (that process
+    is gone, which is what the callers want to know).
+    """
+    fds: list[int] = []
+    try:
+        for pid, started in processes:
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue
+            if pid_alive(pid, started):
+                fds.append(fd)
+            else:
+                os.close(fd)
+        yield fds
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+async def wait_all_readable(fds: Iterable[int], timeout: float) -> None:
+    """Wait until every pidfd is readable (its process exited), within ``timeout`` in all."""
+    async with asyncio.timeout(timeout):
+        await asyncio.gather(*(wait_fd_readable(fd, timeout) for fd in fds))
+
+
+async def first_lines(handle: ProcessManagerHandle, process_id: ProcessId, n: int = 1) -> list[str]:
+    """The first ``n`` lines the child prints on its captured stdout, as they come."""
+    follow = cast(AsyncGenerator[str, None], handle.follow_logs(process_id))
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            async for line in follow:
+                lines.append(line)
+                if len(lines) == n:
+                    break
+    finally:
+        await follow.aclose()
+    assert len(lines) == n, f"the child ended after {lines!r}"
+    return lines
+
+
+async def spawn_with_grandchild(
+    handle: ProcessManagerHandle, script: str = GRANDCHILD
+) -> tuple[ProcessId, int, int, int]:
+    """Spawn ``script`` (which prints its grandchild's pid first); return the ids and pids."""
+    process_id = await handle.spawn(bash(script))
+    grandchild = int((await first_lines(handle, process_id))[0])
+    child = (await handle.get_process_info(process_id)).pid
+    assert child is not None
+    assert os.getpgid(grandchild) == child  # in the child's group
+    return process_id, child, grandchild, start_time(grandchild)
+
+
+def bounded(call: Awaitable[T]) -> Awaitable[T]:
+    """``call``, failing after TIMEOUT rather than hanging the run if a kill goes wrong."""
+    return asyncio.wait_for(call, TIMEOUT)
+
+
+async def warm_up(handle: ProcessManagerHandle) -> None:
+    """One spawn and kill, so that one-time resources (the guardian's pipe) exist already."""
+    await bounded(handle.kill(await handle.spawn(Cmd("true"))))
+
+
+# --- kill and terminate reach the whole group -----------------------------------------------------
+
+
+@pytest.mark.parametrize("ending", ["kill", "terminate", "terminate grace=0"])
+async def test_grandchild_dies_with_its_parents_group(
+    manager: ProcessManagerHandle, work_dir: Path, ending: str
+) -> None:
+    process_id, child, grandchild, started = await spawn_with_grandchild(manager)
+    with pidfds([(grandchild, started)]) as [fd]:
+        if ending == "kill":
+            await bounded(manager.kill(process_id))
+        else:
+            grace = 0.0 if ending.endswith("=0") else TIMEOUT
+            info = await bounded(manager.terminate(process_id, grace))
+            assert info.exit_status == (KILLED if grace == 0 else TERMINATED)
+            assert info.pid == child
+            assert not info.is_running
+        await wait_fd_readable(fd)
+    assert not pid_alive(grandchild, started)
+    if ending != "kill":
+        await bounded(manager.kill(process_id))
+    assert list(work_dir.iterdir()) == []
+    assert_no_zombie()
+
+
+async def test_terminate_escalation_kills_a_grandchild_ignoring_sigterm(
+    manager: ProcessManagerHandle,
+) -> None:
+    # Both the child and its grandchild (which inherits the ignored disposition) ignore SIGTERM.
+    process_id, _, grandchild, started = await spawn_with_grandchild(
+        manager, f"trap '' TERM; {GRANDCHILD}"
+    )
+    with pidfds([(grandchild, started)]) as [fd]:
+        info = await bounded(manager.terminate(process_id, grace=0.2))
+        assert info.exit_status == KILLED
+        await wait_fd_readable(fd)
+    await bounded(manager.kill(process_id))
+
+
+async def test_child_ignoring_sigterm_is_killed_after_grace(manager: ProcessManagerHandle) -> None:
+    process_id = await manager.spawn(bash(TRAPS_TERM))
+    assert await first_lines(manager, process_id) == ["ready"]  # the trap is in place
+    began = time.monotonic()
+    info = await bounded(manager.terminate(process_id, grace=0.3))
+    elapsed = time.monotonic() - began
+    assert info.exit_status == KILLED
+    assert 0.3 <= elapsed < 3.0
+    # Known until killed.
+    assert await manager.get_process_info(process_id) == info
+    await bounded(manager.kill(process_id))
+    with pytest.raises(ProcessNotFoundError):
+        await manager.get_process_info(process_id)
+
+
+async def test_child_exiting_on_sigterm_returns_promptly_and_stays_known(
+    manager: ProcessManagerHandle, work_dir: Path
+) -> None:
+    process_id = await manager.spawn(sleep_cmd(300))
+    pid = (await manager.get_process_info(process_id)).pid
+    assert pid is not None
+    began = time.monotonic()
+    info = await bounded(manager.terminate(process_id, grace=TIMEOUT))
+    assert time.monotonic() - began < 2.0  # the grace is not waited out
+    assert info.exit_status == TERMINATED
+    assert info.pid == pid
+    assert_no_zombie()
+    assert await manager.get_process_info(process_id) == info
+    assert await manager.wait(process_id, TIMEOUT) == info
+    assert await manager.list_processes() == [process_id]
+    assert (work_dir / str(process_id)).is_dir()
+    # A second terminate of the exited process only reports how it ended.
+    assert await bounded(manager.terminate(process_id, grace=TIMEOUT)) == info
+    await bounded(manager.kill(process_id))
+    with pytest.raises(ProcessNotFoundError):
+        await manager.get_process_info(process_id)
+    assert list(work_dir.iterdir()) == []
+
+
+async def test_terminate_errors(manager: ProcessManagerHandle) -> None:
+    unknown = ProcessId.new()
+    with pytest.raises(ProcessNotFoundError) as caught:
+        await bounded(manager.terminate(unknown, grace=0.1))
+    assert isinstance(caught.value, KillProcessError)
+    assert caught.value.process_id == unknown
+    process_id = await manager.spawn(sleep_cmd(300))
+    for grace in (-1.0, float("nan")):
+        with pytest.raises(KillProcessError):
+            await bounded(manager.terminate(process_id, grace))
+    assert (await manager.get_process_info(process_id)).is_running
+    await bounded(manager.kill(process_id))
+
+
+# --- send_signal ----------------------------------------------------------------------------------
+
+
+async def test_send_signal_reaches_only_the_child_by_default(
+    manager: ProcessManagerHandle,
+) -> None:
+    process_id, _, grandchild, started = await spawn_with_grandchild(manager)
+    with pidfds([(grandchild, started)]) as [fd]:
+        try:
+            await manager.send_signal(process_id, signal.SIGTERM)
+            info = await manager.wait(process_id, TIMEOUT)
+            assert info.exit_status == TERMINATED
+            # The child is dead and reaped: had the group been signalled, the grandchild would
+            # be dead or have SIGTERM pending now. It has neither.
+            assert pid_alive(grandchild, started)
+            assert not signal_pending(grandchild, signal.SIGTERM)
+        finally:
+            # Orphaned now (its group left the guardian's care with the child's reap): ours.
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+            await wait_fd_readable(fd)
+    await bounded(manager.kill(process_id))
+
+
+async def test_send_signal_to_the_group(manager: ProcessManagerHandle) -> None:
+    process_id, _, grandchild, started = await spawn_with_grandchild(manager)
+    with pidfds([(grandchild, started)]) as [fd]:
+        await manager.send_signal(process_id, signal.SIGTERM, group=True)
+        await wait_fd_readable(fd)
+    info = await manager.wait(process_id, TIMEOUT)
+    assert info.exit_status == TERMINATED
+    await bounded(manager.kill(process_id))
+
+
+async def test_send_signal_that_the_child_handles(manager: ProcessManagerHandle) -> None:
+    process_id = await manager.spawn(
+        bash("trap 'echo got USR1' USR1; echo ready; while :; do sleep 0.2; done")
+    )
+    follow = cast(AsyncGenerator[str, None], manager.follow_logs(process_id))
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            assert await anext(follow) == "ready"
+            await manager.send_signal(process_id, signal.SIGUSR1)
+            assert await anext(follow) == "got USR1"
+    finally:
+        await follow.aclose()
+    assert (await manager.get_process_info(process_id)).is_running
+    await bounded(manager.kill(process_id))
+
+
+async def test_send_signal_errors(manager: ProcessManagerHandle) -> None:
+    running = await manager.spawn(sleep_cmd(300))
+    for bad in (0, -1, 12345):
+        with pytest.raises(KillProcessError, match="not a signal"):
+            await manager.send_signal(running, bad)
+    assert (await manager.get_process_info(running)).is_running
+
+    exited = await manager.spawn(Cmd("true"))
+    await manager.wait(exited, TIMEOUT)
+    with pytest.raises(KillProcessError, match="already exited") as caught:
+        await manager.send_signal(exited, signal.SIGTERM)
+    assert not isinstance(caught.value, ProcessNotFoundError)
+    assert caught.value.process_id == exited
+
+    for unknown in (ProcessId.new(), running):
+        if unknown == running:
+            await bounded(manager.kill(running))
+        with pytest.raises(ProcessNotFoundError) as not_found:
+            await manager.send_signal(unknown, signal.SIGTERM, group=True)
+        assert isinstance(not_found.value, KillProcessError)
+        assert not_found.value.process_id == unknown
+    await bounded(manager.kill(exited))
+
+
+# --- a child ending on its own --------------------------------------------------------------------
+
+
+async def test_child_exiting_on_its_own_is_reaped_promptly(
+    manager: ProcessManagerHandle, work_dir: Path
+) -> None:
+    began = time.monotonic()
+    process_id = await manager.spawn(Cmd("sh", ["-c", "exit 3"]))
+    info = await manager.wait(process_id, TIMEOUT)
+    assert time.monotonic() - began < 2.0
+    assert info.exit_status == ExitStatus(3, None, False)
+    assert_no_zombie()  # reaped before wait() answered (the guardian is our only child)
+    ids = await asyncio.gather(*(manager.spawn(Cmd("true")) for _ in range(50)))
+    async with asyncio.timeout(TIMEOUT):
+        await asyncio.gather(*(manager.wait(i) for i in ids))
+    assert_no_zombie()
+    pids = {info.pid for info in await asyncio.gather(*(manager.get_process_info(i) for i in ids))}
+    assert not pids & children_of_self()
+    await asyncio.gather(*(manager.kill(i) for i in [process_id, *ids]))
+    assert list(work_dir.iterdir()) == []
+
+
+# --- abort ----------------------------------------------------------------------------------------
+
+
+async def test_abort_of_500_live_children_within_2_seconds(work_dir: Path) -> None:
+    handle = ProcessManager.spawn(work_dir)
+    ids = await asyncio.gather(*(handle.spawn(sleep_cmd(300)) for _ in range(500)))
+    infos = await asyncio.gather(*(handle.get_process_info(i) for i in ids))
+    pids = [(info.pid, start_time(info.pid)) for info in infos if info.pid is not None]
+    assert len(pids) == 500
+    began = time.monotonic()
+    await asyncio.wait_for(handle.abort(), TIMEOUT)
+    assert time.monotonic() - began < 2.0
+    assert not any(pid_alive(pid, started) for pid, started in pids)
+    assert_no_zombie()
+    assert list(work_dir.iterdir()) == []
+
+
+async def test_abort_kills_children_ignoring_sigterm_after_one_grace(work_dir: Path) -> None:
+    handle = ProcessManager.spawn(work_dir)
+    ids = await asyncio.gather(*(handle.spawn(bash(TRAPS_TERM)) for _ in range(20)))
+    readiness = await asyncio.gather(*(first_lines(handle, i) for i in ids))
+    assert readiness == [["ready"]] * 20
+    infos = await asyncio.gather(*(handle.get_process_info(i) for i in ids))
+    pids = [(info.pid, start_time(info.pid)) for info in infos if info.pid is not None]
+    began = time.monotonic()
+    await asyncio.wait_for(handle.abort(grace=0.3), TIMEOUT)
+    elapsed = time.monotonic() - began
+    assert 0.3 <= elapsed < 2.0  # one grace for all, not twenty
+    assert not any(pid_alive(pid, started) for pid, started in pids)
+    assert_no_zombie()
+    assert list(work_dir.iterdir()) == []
+
+
+# --- a thousand children alive at once ------------------------------------------------------------
+
+#: Fds the 1,000-children test may need: one pidfd per child, plus pytest's and the loop's own.
+NEEDED_FDS = 2500
+
+
+@pytest.fixture
+def enough_fds() -> Iterator[None]:
+    """Raise the soft RLIMIT_NOFILE for the test if needed (and possible); restore it after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < NEEDED_FDS:
+        if hard != resource.RLIM_INFINITY and hard < NEEDED_FDS:
+            pytest.skip(f"the hard RLIMIT_NOFILE is {hard}, below the {NEEDED_FDS} fds needed")
+        raised = NEEDED_FDS if hard == resource.RLIM_INFINITY else hard
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_1000_live_children_without_a_thread_each(work_dir: Path, enough_fds: None) -> None:
+    async with ProcessManager.spawn() as other:
+        await warm_up(other)  # the guardian (one per process) is started
+    baseline = fd_count()
+    handle = ProcessManager.spawn(work_dir)
+    ids: list[ProcessId] = []
+    for _ in range(10):
+        ids += await asyncio.gather(*(handle.spawn(sleep_cmd(300)) for _ in range(100)))
+    infos = await asyncio.gather(*(handle.get_process_info(i) for i in ids))
+    assert all(info.is_running for info in infos)
+    pids = [(info.pid, start_time(info.pid)) for info in infos if info.pid is not None]
+    assert sum(pid_alive(pid, started) for pid, started in pids) == 1000
+    assert threading.active_count() < 10
+    assert len(os.listdir("/proc/self/task")) < 10  # OS threads, not only Python's
+    assert fd_count() - baseline < 1000 + 10  # one pidfd per child, nothing else per child
+    await asyncio.wait_for(handle.abort(), TIMEOUT)
+    assert not any(pid_alive(pid, started) for pid, started in pids)
+    assert_no_zombie()
+    assert fd_count() == baseline
+    assert list(work_dir.iterdir()) == []
+
+
+# --- churn ----------------------------------------------------------------------------------------
+
+CYCLES = 2000
+BATCH = 50
+
+
+async def test_churn_leaves_no_zombie_fd_dir_or_memory(
+    manager: ProcessManagerHandle, work_dir: Path
+) -> None:
+    logs = CmdOptions(logging_type=LoggingType.STDOUT_AND_STDERR)
+    cmd = Cmd("sh", ["-c", "echo out; echo err >&2"], logs)
+
+    async def cycle() -> None:
+        process_id = await manager.spawn(cmd)
+        info = await manager.wait(process_id, TIMEOUT)
+        assert info.exit_status == ExitStatus(0, None, True)
+        await bounded(manager.kill(process_id))
+
+    async def batches(n: int) -> None:
+        for _ in range(n):
+            async with asyncio.timeout(TIMEOUT):
+                await asyncio.gather(*(cycle() for _ in range(BATCH)))
+
+    await batches(2)  # warm-up: the guardian, caches, the loop's structures
+    fds, rss = fd_count(), rss_bytes()
+    await batches(CYCLES // BATCH)
+    assert_no_zombie()
+    assert fd_count() == fds
+    assert list(work_dir.iterdir()) == []
+    assert await manager.list_processes() == []
+    assert rss_bytes() - rss < 20 * 1024 * 1024
+
+
+# --- permissions ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o077, 0o777])
+@pytest.mark.parametrize(
+    "logging_type", [LoggingType.STDOUT_AND_STDERR, LoggingType.STDOUT_AND_STDERR_MERGED]
+)
+async def test_private_permissions_whatever_the_umask(
+    manager: ProcessManagerHandle, work_dir: Path, umask: int, logging_type: LoggingType
+) -> None:
+    old = os.umask(umask)
+    try:
+        process_id = await manager.spawn(Cmd("true", [], CmdOptions(logging_type=logging_type)))
+    finally:
+        os.umask(old)
+    await manager.wait(process_id, TIMEOUT)
+    process_dir = work_dir / str(process_id)
+    modes = {
+        path.relative_to(process_dir).as_posix(): stat.S_IMODE(path.stat().st_mode)
+        for path in [process_dir, *process_dir.iterdir()]
+    }
+    logs = (
+        {"output.log": 0o600}
+        if logging_type is LoggingType.STDOUT_AND_STDERR_MERGED
+        else {"stdout.log": 0o600, "stderr.log": 0o600}
+    )
+    assert modes == {".": 0o700, "data": 0o700, **logs}
+    await bounded(manager.kill(process_id))
+
+
+# --- the guardian ---------------------------------------------------------------------------------
+
+
+async def test_one_guardian_that_ignores_terminal_and_termination_signals(
+    manager: ProcessManagerHandle,
+) -> None:
+    first = await manager.spawn(sleep_cmd(300))
+    [guardian] = guardians_of_self()
+    started = start_time(guardian)
+    assert parent_of(guardian) == os.getpid()
+    assert os.getsid(guardian) == guardian != os.getsid(0)  # a session of its own
+    ignored = status_field(guardian, "SigIgn")
+    sent = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+    assert all(has_signal(ignored, sig) for sig in sent)
+    with pidfds([(guardian, started)]) as [fd]:
+        for sig in sent:
+            signal.pidfd_send_signal(fd, sig)
+    # An ignored signal is dropped when sent: nothing pending, nothing delivered, still there.
+    assert pid_alive(guardian, started)
+    assert not any(signal_pending(guardian, sig) for sig in sent)
+    # A second manager in the same process shares it; it is not restarted.
+    async with ProcessManager.spawn() as other:
+        await other.spawn(sleep_cmd(300))
+        await manager.spawn(sleep_cmd(300))
+        assert guardians_of_self() == [guardian]
+    assert pid_alive(guardian, started)
+    await bounded(manager.kill(first))
+
+
+#: A parent program: a manager on argv[1] (or its own temp dir when empty) with 20 children,
+#: every other one with a grandchild; argv[2] says what happens to the guardian on the way.
+#: Prints the pids and start times, the process dirs and the guardian, then blocks.
+PARENT = textwrap.dedent(
+    """
+    import asyncio, json, os, signal, sys
+    from pathlib import Path
+    from corral import Cmd, CmdOptions, LoggingType, ProcessManager
+
+    def stat(pid):
+        text = open(f"/proc/{pid}/stat").read()
+        fields = text[text.rindex(")") + 2 :].split()
+        return int(fields[1]), int(fields[19])
+
+    def guardian():
+        me = os.getpid()
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if stat(int(entry))[0] == me and os.getsid(int(entry)) == int(entry):
+                        found.append(int(entry))
+                except (OSError, ValueError):
+                    pass
+        [pid] = found
+        return pid
+
+    async def lines(handle, process_id, n):
+        got = []
+        follow = handle.follow_logs(process_id)
+        async for line in follow:
+            got.append(line)
+            if len(got) == n:
+                break
+        await follow.aclose()
+        return got
+
+    async def main(working_dir, mode):
+        handle = ProcessManager.spawn(working_dir or None)
+        logs = CmdOptions(logging_type=LoggingType.STDOUT_ONLY)
+        children, grandchildren, dirs = [], [], []
+        for n in range(20):
+            if n == 10 and mode == "guardian killed":
+                old = guardian()
+                os.kill(old, signal.SIGKILL)
+                os.waitid(os.P_PID, old, os.WEXITED | os.WNOWAIT)  # left for corral to reap
+            script = 'echo "$PROCESS_DATA_DIR"; '
+            script += "sleep 300 & echo $!; sleep 300" if n % 2 else "exec sleep 300"
+            process_id = await handle.spawn(Cmd("bash", ["-c", script], logs))
+            got = await lines(handle, process_id, 1 + n % 2)
+            dirs.append(str(Path(got[0]).parent))
+            grandchildren += [int(pid) for pid in got[1:]]
+            children.append((await handle.get_process_info(process_id)).pid)
+        if mode == "guardian signalled":
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+                os.kill(guardian(), sig)
+        report = {
+            "children": [[pid, stat(pid)[1]] for pid in children],
+            "grandchildren": [[pid, stat(pid)[1]] for pid in grandchildren],
+            "guardian": [guardian(), stat(guardian())[1]],
+            "dirs": dirs,
+        }
+        print(json.dumps(report), flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    """
+)
+
+
+async def read_line(fd: int, timeout: float) -> bytes:
+    """One line from a pipe, waiting on the loop; b"" if the writer closed it first."""
+    os.set_blocking(fd, False)
+    data = b""
+    async with asyncio.timeout(timeout):
+        while not data.endswith(b"\n"):
+            await wait_fd_readable(fd, timeout)
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+@pytest.mark.parametrize(
+    ("own_dir", "mode"),
+    [
+        (True, "plain"),
+        (False, "plain"),
+        (False, "guardian signalled"),  # it ignored SIGINT/SIGTERM/... and still does its job
+        (True, "guardian killed"),  # restarted on the next spawn, knowing the earlier children
+    ],
+)
+async def test_no_child_outlives_a_parent_killed_with_sigkill(
+    tmp_path: Path, work_dir: Path, own_dir: bool, mode: str
+) -> None:
+    stderr = tmp_path / "parent.stderr"
+    with stderr.open("wb") as err:
+        parent = subprocess.Popen(
+            [sys.executable, "-c", PARENT, "" if own_dir else str(work_dir), mode],
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
+    try:
+        assert parent.stdout is not None
+        line = await read_line(parent.stdout.fileno(), TIMEOUT * 2)
+        assert line, f"the parent failed: {stderr.read_text()}"
+        report = json.loads(line)
+        children = [tuple(p) for p in report["children"]]
+        grandchildren = [tuple(p) for p in report["grandchildren"]]
+        guardian = tuple(report["guardian"])
+        everyone = [*children, *grandchildren, guardian]
+        assert len(children) == 20
+        assert len(grandchildren) == 10
+        assert all(pid_alive(pid, started) for pid, started in everyone)
+        dirs = [Path(d) for d in report["dirs"]]
+        assert all(d.is_dir() for d in dirs)
+        [manager_dir] = {d.parent for d in dirs}
+        if own_dir:
+            assert manager_dir.parent == Path(tempfile.gettempdir())
+            assert manager_dir.name.startswith("corral-")
+        else:
+            assert manager_dir == work_dir
+        with pidfds(everyone) as fds:
+            assert len(fds) == len(everyone)
+            parent.kill()
+            await wait_exited(parent.pid)
+            # Everything is gone within a bound; the guardian's exit comes after its cleanup.
+            await wait_all_readable(fds, 5.0)
+        assert not any(pid_alive(pid, started) for pid, started in everyone)
+        assert not any(d.exists() for d in dirs)
+        if own_dir:
+            assert not manager_dir.exists()
+        else:
+            assert list(work_dir.iterdir()) == []  # the user's dir stays, empty
+    finally:
+        parent.kill()
+        parent.wait(TIMEOUT)
+        if parent.stdout is not None:
+            parent.stdout.close()

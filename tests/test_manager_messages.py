@@ -746,11 +746,15 @@ async def test_a_send_cancelled_before_the_manager_took_it_is_withdrawn(
 ) -> None:
     proc = await manager.spawn_with_handle(echo_child("bash", options(STDIO, STDIO)))
     stream = await proc.subscribe_message_stream()
-    # The deadline passes before the manager's loop turns: the caller is cancelled while its
-    # request waits in the manager's queue. Nothing is in the pipe, so nothing must be sent.
+    # A spawn queued first keeps the send waiting in the manager's queue (a request with
+    # nothing ahead of it is handled at once); the deadline passes before the manager's loop
+    # turns. Nothing is in the pipe, so nothing must be sent.
+    ahead = asyncio.ensure_future(manager.spawn(sleep_cmd()))
+    await asyncio.sleep(0)  # the spawn is posted, the manager has not run yet
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0):
             await proc.send_message("withdrawn")
+    await manager.kill(await ahead)
     await proc.send_message("x")
     assert await next_item(stream.raw()) == b"x"
     await proc.kill()
@@ -762,9 +766,12 @@ async def test_a_subscribe_cancelled_before_the_manager_took_it_is_no_first_subs
 ) -> None:
     pid = await manager.spawn(writer_child(b"kept\nfor the first\n", PIPE))
     assert succeeded(await manager.wait(pid, TIMEOUT))
+    ahead = asyncio.ensure_future(manager.spawn(sleep_cmd()))  # queued: see the test above
+    await asyncio.sleep(0)
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0):
             await manager.subscribe_message_stream(pid)
+    await manager.kill(await ahead)
     first = await manager.subscribe_message_stream(pid)
     assert await collect(first.strings()) == ["kept", "for the first"]
 

@@ -130,11 +130,26 @@ class ProcessManager:
     # --- the mailbox ----------------------------------------------------------------------
 
     def deliver(self, envelope: Envelope[Any]) -> None:
-        """Take a request into the queue; runs on the manager's loop."""
+        """Take a request; runs on the manager's loop.
+
+        With nothing queued ahead of it, a request whose handler does not wait (all but spawn
+        and abort) is handled at once, here on the manager's loop: same order, same state, one
+        loop turn less per call, which is most of a message round trip's cost.
+        """
         if self._closed:
             envelope.fail(manager_aborted(envelope.request.error))
+        elif self._queue.empty() and not isinstance(envelope.request, Spawn | Abort):
+            self._dispatch(envelope)
         else:
             self._queue.put_nowait(envelope)
+
+    def _dispatch(self, envelope: Envelope[Any]) -> None:
+        try:
+            self._handle(envelope)
+        except CorralError as exc:
+            envelope.fail(exc)
+        except Exception as exc:  # a bug must reach the caller, not kill the actor
+            envelope.fail(exc)
 
     async def _run(self) -> None:
         try:
@@ -143,12 +158,7 @@ class ProcessManager:
                 if isinstance(envelope.request, Abort):
                     await self._abort(envelope, envelope.request.grace)
                     return
-                try:
-                    self._handle(envelope)
-                except CorralError as exc:
-                    envelope.fail(exc)
-                except Exception as exc:  # a bug must reach the caller, not kill the actor
-                    envelope.fail(exc)
+                self._dispatch(envelope)
                 if isinstance(envelope.request, Spawn):
                     # A spawn holds the loop until the child execs: let other work in between
                     # the spawns of a burst (the queue does not suspend while it has requests).
@@ -267,6 +277,13 @@ class ProcessManager:
             return
         # The actor never waits for a pipe: the writer queues, the reply follows the write.
         written = process.writer.enqueue(data)
+        if written.done():  # the usual case: the pipe had room
+            exc = written.exception()
+            if exc is None:
+                envelope.resolve(None)
+            else:
+                envelope.fail(exc)
+            return
 
         def done(future: asyncio.Future[None]) -> None:
             if future.cancelled():

@@ -169,7 +169,9 @@ class ProcessManager:
 
     def _handle(self, envelope: Envelope[Any]) -> None:
         request = envelope.request
-        match request:
+        match request:  # the most frequent request first: cases are tried in order
+            case SendMessage(process_id, data):
+                self._on_send(envelope, self._get(process_id, request.error), data)
             case Spawn(runnable):
                 self._on_spawn(envelope, runnable)
             case GetInfo(process_id):
@@ -195,8 +197,6 @@ class ProcessManager:
                 self._start(self._query_log(envelope, process_id, log, query))
             case GetLogPath(process_id, stream):
                 envelope.resolve(self._log(process_id, stream).path)
-            case SendMessage(process_id, data):
-                self._on_send(envelope, self._get(process_id, request.error), data)
             case Subscribe(process_id, lossless):
                 broadcast = self._get(process_id, request.error).broadcast
                 if broadcast is None:

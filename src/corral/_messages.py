@@ -81,6 +81,8 @@ def _type_name(type: Any) -> str:
 
 def as_format(fmt: MessageFormat | str) -> MessageFormat:
     """``fmt`` as a :class:`MessageFormat` (``SerdeError`` if it names none)."""
+    if isinstance(fmt, MessageFormat):
+        return fmt  # the Enum call's lookup is slow and needless here
     try:
         return MessageFormat(fmt)
     except ValueError:

@@ -44,7 +44,7 @@ import os
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
-from typing import Any, Final, Self, TypeVar, overload
+from typing import Any, Final, Self, TypeVar, cast, overload
 
 from ._errors import (
     LostMessagesError,
@@ -193,12 +193,15 @@ class LineFramer:
 class _Subscriber:
     """A subscriber's position; owned by the :class:`Broadcast`, read through a cursor."""
 
-    __slots__ = ("closed", "lossless", "pos")
+    __slots__ = ("batch", "closed", "lossless", "pos")
 
     def __init__(self, pos: int, lossless: bool) -> None:
-        self.pos = pos  # sequence number of the next message to read
+        self.pos = pos  # sequence number of the next message to fetch
         self.lossless = lossless
         self.closed = False
+        # Fetched (read, for the buffer) but not yet iterated: its cursor serves them from
+        # here. Only the iterating side pops; the owner loop extends it and reads its length.
+        self.batch: collections.deque[Message] = collections.deque()
 
 
 class Broadcast:
@@ -209,14 +212,18 @@ class Broadcast:
     * the first subscriber starts at the oldest buffered message, so what the child wrote before
       anyone subscribed is kept for it (up to ``capacity``; older ones are dropped uncounted);
       later subscribers start with the next message published;
-    * a subscriber more than ``capacity`` messages behind loses the oldest: its next read raises
-      :class:`~corral.LostMessagesError` with the exact count, then goes on with the oldest
-      message still buffered. The producer never waits for such a (lossy) subscriber;
-    * a *lossless* subscriber is never overtaken: when the buffer is full and it still needs the
-      oldest message, :meth:`try_publish` refuses and the producer waits
-      (:meth:`wait_for_room`). The reader then stops reading the pipe and the child blocks on its
-      next write: the backpressure reaches the child. The price is that one slow lossless
-      subscriber slows the child and, through the shared buffer, every other subscriber;
+    * a stream fetches every message available to it at once into a local queue and iterates
+      them from there; for the buffer, a fetched message is read;
+    * a subscriber more than ``capacity`` messages behind what it fetched loses the oldest: its
+      next read raises :class:`~corral.LostMessagesError` with the exact count, then goes on
+      with the oldest message still buffered. The producer never waits for such a (lossy)
+      subscriber;
+    * a *lossless* subscriber is never overtaken: when it has ``capacity`` messages it has not
+      iterated yet (still buffered, or fetched and not yet iterated), :meth:`try_publish`
+      refuses and the producer waits (:meth:`wait_for_room`). The reader then stops reading the
+      pipe and the child blocks on its next write: the backpressure reaches the child. The price
+      is that one slow lossless subscriber slows the child and, through the shared buffer,
+      every other subscriber;
     * a message that every live subscriber has read is released at once (it is never read
       again), and a stream dropped without ``aclose()`` (garbage-collected) releases its
       messages too, so an abandoned stream never holds the buffer or stalls the producer.
@@ -252,8 +259,7 @@ class Broadcast:
         self._process_id = process_id
         # A ring of `capacity` slots; message number `seq` lives in slot `seq % capacity`.
         self._ring: list[Message | None] = [None] * capacity
-        # For each slot, how many live subscribers have not read it yet.
-        self._unread: list[int] = [0] * capacity
+        # Messages before the position of every live subscriber are released (see _trim).
         self._head = 0  # sequence number of the oldest buffered message
         self._next = 0  # sequence number the next published message gets
         self._subscribers: set[_Subscriber] = set()
@@ -292,27 +298,86 @@ class Broadcast:
     def try_publish(self, message: Message) -> bool:
         """Append ``message``, dropping the oldest if the buffer is full; never waits.
 
-        Returns ``False``, and publishes nothing, only when the buffer is full and a lossless
-        subscriber still needs the oldest message: wait with :meth:`wait_for_room`, then try
+        Returns ``False``, and publishes nothing, only when a lossless subscriber has
+        ``capacity`` messages it has not iterated yet: wait with :meth:`wait_for_room`, then try
         again. After :meth:`close`, or when every subscriber has gone away, the message is
         discarded (nobody could ever read it) and the result is ``True``.
         """
         if self._closed or (self._subscribed_once and not self._subscribers):
             return True
         capacity = self._capacity
+        if self._lossless and self._lossless_blocks():
+            return False
         if self._next - self._head >= capacity:
-            if self._lossless and self._lossless_needs_head():
-                return False
             slot = self._head % capacity
             self._ring[slot] = None
             self._head += 1
         slot = self._next % capacity
         self._ring[slot] = message
-        self._unread[slot] = len(self._subscribers)
         self._next += 1
         if self._read_waiters:
             self._wake_readers()
         return True
+
+    def publish_many(self, messages: collections.deque[Message], budget: int) -> int:
+        """Publish from the left of ``messages`` as :meth:`try_publish` would, without waiting.
+
+        Publishes (and pops) at most ``budget`` messages, stopping early only where
+        :meth:`try_publish` would refuse (a lossless subscriber has ``capacity`` messages it has
+        not iterated yet). Returns how many were taken; waiting readers are woken once.
+        """
+        if budget <= 0 or not messages:
+            return 0
+        popleft = messages.popleft
+        if self._closed or (self._subscribed_once and not self._subscribers):
+            taken = min(budget, len(messages))
+            for _ in range(taken):
+                popleft()  # nobody could ever read them
+            return taken
+        capacity = self._capacity
+        head = self._head
+        seq = self._next
+        taken = min(budget, len(messages))
+        lossless = self._lossless
+        if lossless:
+            # No subscriber fetches while this runs, and iterating only makes room: the bound
+            # set by the lossless subscriber furthest behind holds for the whole call.
+            if len(lossless) == 1:
+                (sub,) = lossless
+                behind = sub.pos - len(sub.batch)
+            else:
+                behind = min(sub.pos - len(sub.batch) for sub in lossless)
+            taken = min(taken, behind + capacity - seq)
+            if taken <= 0:
+                return 0
+        put = taken
+        if put > capacity:  # the first ones would be overwritten within this call: drop them
+            for _ in range(put - capacity):
+                popleft()
+            seq += put - capacity
+            put = capacity
+        if put == len(messages):
+            batch = list(messages)
+            messages.clear()
+        else:
+            batch = [popleft() for _ in range(put)]
+        end = seq + put
+        if end - head > capacity:  # full: the oldest are dropped (their slots are reused)
+            head = end - capacity
+        ring = self._ring
+        start = seq % capacity
+        stop = start + put
+        if stop <= capacity:
+            ring[start:stop] = batch
+        else:
+            split = capacity - start
+            ring[start:] = batch[:split]
+            ring[: stop - capacity] = batch[split:]
+        self._head = head
+        self._next = end
+        if taken and self._read_waiters:
+            self._wake_readers()
+        return taken
 
     async def publish(self, message: Message) -> None:
         """Append ``message``, waiting first while a lossless subscriber keeps the buffer full."""
@@ -356,8 +421,6 @@ class Broadcast:
         if not self._subscribed_once:
             self._subscribed_once = True
             sub = _Subscriber(self._head, lossless)
-            for seq in range(self._head, self._next):
-                self._unread[seq % self._capacity] += 1
         else:
             sub = _Subscriber(self._next, lossless)
             sub.closed = self._closed
@@ -367,31 +430,46 @@ class Broadcast:
                 self._lossless.add(sub)
         return MessageStream(_Cursor(self, sub), skip_lost=False)
 
-    async def _read(self, sub: _Subscriber, skip_lost: bool) -> Message | None:
-        """The subscriber's next message, or ``None`` at the end; runs on the owner loop."""
+    async def _read_many(
+        self, sub: _Subscriber, skip_lost: bool, into: collections.deque[Message]
+    ) -> bool:
+        """Move every message the subscriber can have now into ``into``, waiting while there is
+        none; ``False`` at the end. Runs on the owner loop.
+
+        The messages count as read by the subscriber once they are in ``into``. They are added
+        to ``into`` rather than returned so that a caller on another loop, cancelled just as
+        the batch is fetched, cannot lose it. A lag is reported first, as the
+        ``LostMessagesError``; the next call goes on with the oldest message still buffered.
+        """
         while True:
             if sub.closed:
-                return None
+                return False
             pos = sub.pos
-            if pos < self._head:
-                lost = self._head - pos
-                sub.pos = pos = self._head
+            head = self._head
+            if pos < head:
+                sub.pos = head
                 if not skip_lost:
-                    raise LostMessagesError(lost, process_id=self._process_id)
-            if pos < self._next:
-                slot = pos % self._capacity
-                message = self._ring[slot]
-                assert message is not None
-                sub.pos = pos + 1
-                self._unread[slot] -= 1
-                if pos == self._head and not self._unread[slot]:
+                    raise LostMessagesError(head - pos, process_id=self._process_id)
+                pos = head
+            end = self._next
+            if pos < end:
+                capacity = self._capacity
+                start = pos % capacity
+                stop = start + (end - pos)
+                if stop <= capacity:
+                    into.extend(cast("list[Message]", self._ring[start:stop]))
+                else:
+                    into.extend(cast("list[Message]", self._ring[start:]))
+                    into.extend(cast("list[Message]", self._ring[: stop - capacity]))
+                sub.pos = end
+                if pos == head:
                     self._trim()
-                if sub.lossless and self._room_waiters:
-                    self._wake_producer()
-                return message
+                # No room is made for a lossless subscriber here: only iterating makes room
+                # (the stream wakes the producer then, see _Cursor.iterated_lossless).
+                return True
             if self._closed:
                 self._release(sub)
-                return None
+                return False
             waiter = self._loop.create_future()
             self._read_waiters[waiter] = None
             try:
@@ -406,8 +484,6 @@ class Broadcast:
         sub.closed = True
         self._subscribers.discard(sub)
         self._lossless.discard(sub)
-        for seq in range(max(sub.pos, self._head), self._next):
-            self._unread[seq % self._capacity] -= 1
         self._trim()
         self._wake_producer()
 
@@ -427,21 +503,42 @@ class Broadcast:
     # -- internals --
 
     def _trim(self) -> None:
-        """Drop the oldest messages that no live subscriber still has to read."""
-        capacity = self._capacity
-        while self._head < self._next:
-            slot = self._head % capacity
-            if self._unread[slot]:
-                break
-            self._ring[slot] = None
-            self._head += 1
+        """Drop the oldest messages that no live subscriber still has to read.
 
-    def _lossless_needs_head(self) -> bool:
+        Those are the messages before every live subscriber's position: a subscriber starts at
+        the head or at the next message, and one overtaken (``pos < head``) has lost the
+        messages before the head already. With nobody left, everything goes.
+        """
+        subscribers = self._subscribers
+        if not subscribers:
+            release_to = self._next
+        elif len(subscribers) == 1:
+            (only,) = subscribers
+            release_to = only.pos
+        else:
+            release_to = min(sub.pos for sub in subscribers)
         head = self._head
-        return any(sub.pos <= head for sub in self._lossless)
+        if release_to <= head:
+            return
+        capacity = self._capacity
+        start = head % capacity
+        stop = start + (release_to - head)
+        ring = self._ring
+        if stop <= capacity:
+            ring[start:stop] = [None] * (stop - start)
+        else:
+            ring[start:] = [None] * (capacity - start)
+            ring[: stop - capacity] = [None] * (stop - capacity)
+        self._head = release_to
+
+    def _lossless_blocks(self) -> bool:
+        """Whether a lossless subscriber has ``capacity`` messages it has not iterated yet
+        (buffered, or fetched into its stream): then nothing may be published."""
+        limit = self._next - self._capacity
+        return any(sub.pos - len(sub.batch) <= limit for sub in self._lossless)
 
     def _has_room(self) -> bool:
-        return self._next - self._head < self._capacity or not self._lossless_needs_head()
+        return not (self._lossless and self._lossless_blocks())
 
     def _wake_readers(self) -> None:
         waiters, self._read_waiters = self._read_waiters, {}
@@ -477,33 +574,67 @@ async def _close_on_owner(broadcast: Broadcast, sub: _Subscriber) -> None:
 
 
 class _Cursor:
-    """A subscription as its streams see it; when the last stream drops it, it is released."""
+    """A subscription as its streams see it; when the last stream drops it, it is released.
 
-    __slots__ = ("__weakref__", "broadcast", "sub")
+    The cursor fetches every message available in one hop to the broadcast and serves them
+    from ``batch``, a local queue, so most ``__anext__`` calls touch neither the broadcast nor
+    its loop. Fetched messages count as read for the buffer (they are released from it, and a
+    lag is measured against what was fetched); a lossless subscriber's fetched messages still
+    count against the capacity until they are iterated, so it holds back the producer exactly
+    as much as before.
+    """
+
+    __slots__ = ("__weakref__", "batch", "broadcast", "lossless", "sub")
 
     def __init__(self, broadcast: Broadcast, sub: _Subscriber) -> None:
         self.broadcast = broadcast
         self.sub = sub
+        self.batch = sub.batch
+        self.lossless = sub.lossless
         if not sub.closed:
             finalizer = weakref.finalize(self, broadcast._release_from_any_thread, sub)
             finalizer.atexit = False
 
     async def next(self, skip_lost: bool) -> Message:
+        batch = self.batch
         broadcast = self.broadcast
-        if asyncio.get_running_loop() is broadcast.loop:
-            message = await broadcast._read(self.sub, skip_lost)
-        else:  # the state is only ever touched from its own loop: hop there
-            message = await _run_on(broadcast.loop, broadcast._read(self.sub, skip_lost))
-        if message is None:
-            raise StopAsyncIteration
+        while not batch:
+            more: bool | None
+            if asyncio.get_running_loop() is broadcast.loop:
+                more = await broadcast._read_many(self.sub, skip_lost, batch)
+            else:  # the state is only ever touched from its own loop: hop there
+                more = await _run_on(
+                    broadcast.loop, broadcast._read_many(self.sub, skip_lost, batch)
+                )
+            if not more and not batch:
+                raise StopAsyncIteration
+        message = batch.popleft()
+        if self.lossless and broadcast._room_waiters:
+            self.iterated_lossless()
         return message
+
+    def iterated_lossless(self) -> None:
+        """A lossless subscriber iterated a message while the producer waits for room."""
+        broadcast = self.broadcast
+        loop = broadcast.loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            broadcast._wake_producer()
+        else:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(broadcast._wake_producer)
 
     async def aclose(self) -> None:
         broadcast = self.broadcast
+        self.batch.clear()
         if asyncio.get_running_loop() is broadcast.loop:
             broadcast._close_subscriber(self.sub)
         else:
             await _run_on(broadcast.loop, _close_on_owner(broadcast, self.sub))
+        self.batch.clear()  # what a read still in flight may have fetched
 
 
 # --- streams ------------------------------------------------------------------------------------
@@ -572,7 +703,14 @@ class MessageStream(_StreamBase[Message]):
     __slots__ = ()
 
     async def __anext__(self) -> Message:
-        return await self._cursor.next(self._skip_lost)
+        cursor = self._cursor
+        batch = cursor.batch
+        if not batch:
+            return await cursor.next(self._skip_lost)
+        message = batch.popleft()
+        if cursor.lossless and cursor.broadcast._room_waiters:
+            cursor.iterated_lossless()
+        return message
 
     def strings(self) -> ItemStream[str]:
         """Items as ``str``; a message that is not UTF-8 raises
@@ -632,7 +770,14 @@ class ItemStream(_StreamBase[_T]):
         self._convert = convert
 
     async def __anext__(self) -> _T:
-        message = await self._cursor.next(self._skip_lost)
+        cursor = self._cursor
+        batch = cursor.batch
+        if not batch:
+            message = await cursor.next(self._skip_lost)
+        else:
+            message = batch.popleft()
+            if cursor.lossless and cursor.broadcast._room_waiters:
+                cursor.iterated_lossless()
         try:
             return self._convert(message)
         except SerdeError as exc:
@@ -692,6 +837,7 @@ class MessageReader:
         # At most `capacity` messages are published per turn of the loop (see _deliver).
         self._budget = broadcast.capacity
         self._refill_scheduled = False
+        self._deliver_on_refill = False  # the budget ran out with messages pending
         self._done: asyncio.Future[None] = self._loop.create_future()
         os.set_blocking(fd, False)
         self._start_reading()
@@ -768,23 +914,25 @@ class MessageReader:
         if self._fd < 0:
             return
         pending = self._pending
-        publish = self._broadcast.try_publish
         while pending:
             if not self._budget:  # let subscribers on this loop take this batch first
-                self._loop.call_soon(self._deliver)
+                # A spent budget means a refill is scheduled (after the wake-ups of this
+                # turn's subscribers): it goes on with the delivery, next turn.
+                self._deliver_on_refill = True
                 return
-            if not publish(pending[0]):  # a lossless subscriber is a full buffer behind
+            published = self._broadcast.publish_many(pending, self._budget)
+            if published:
+                self._budget -= published
+                if not self._refill_scheduled:
+                    # Scheduled after the wake-ups of the subscribers this batch woke, so they
+                    # run (and read the batch) before the next one is published.
+                    self._refill_scheduled = True
+                    self._loop.call_soon(self._refill)
+            if pending and self._budget:  # a lossless subscriber has a full buffer to iterate
                 self._paused = True
                 self._stop_reading()
                 self._broadcast._room_future().add_done_callback(self._resume)
                 return
-            pending.popleft()
-            self._budget -= 1
-            if not self._refill_scheduled:
-                # Scheduled after the wake-ups of the subscribers this batch woke, so they run
-                # (and read the batch) before the next one is published.
-                self._refill_scheduled = True
-                self._loop.call_soon(self._refill)
         if self._eof:
             self._finish()
         elif self._exited:
@@ -796,6 +944,9 @@ class MessageReader:
     def _refill(self) -> None:
         self._refill_scheduled = False
         self._budget = self._broadcast.capacity
+        if self._deliver_on_refill:
+            self._deliver_on_refill = False
+            self._deliver()
 
     def _resume(self, _room: asyncio.Future[None]) -> None:
         self._paused = False

@@ -207,16 +207,19 @@ def remove_process_dir(process_dir: Path) -> None:
         shutil.rmtree(process_dir, ignore_errors=True)
 
 
-def build_env(options: CmdOptions, extra: Mapping[str, str]) -> dict[str, str]:
+def build_env(options: CmdOptions, extra: Mapping[str, str]) -> dict[bytes, bytes]:
     """The child's environment: inherited (unless ``clear_envs``), minus removals, plus ``envs``.
 
-    corral's own variables (``extra``) come last so that they always hold.
+    corral's own variables (``extra``) come last so that they always hold. Built from the bytes
+    of ``os.environb``: what ``exec`` takes anyway, without decoding and re-encoding every
+    inherited variable on each spawn.
     """
-    env = {} if options.clear_envs else dict(os.environ)
+    encode = os.fsencode
+    env = {} if options.clear_envs else dict(os.environb)
     for name in options.envs_to_remove:
-        env.pop(name, None)
-    env.update(options.envs)
-    env.update(extra)
+        env.pop(encode(name), None)
+    for name, value in (*options.envs.items(), *extra.items()):
+        env[encode(name)] = encode(value)
     return env
 
 

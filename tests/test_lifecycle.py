@@ -447,21 +447,28 @@ async def test_1000_live_children_without_a_thread_each(work_dir: Path, enough_f
 
 # --- churn ----------------------------------------------------------------------------------------
 
-CYCLES = 2000
-BATCH = 50
+CYCLES = 10_000
+BATCH = 100
+#: The child answers one message over its named pipes and writes to both logged streams.
+CHURN_CHILD = 'read -r m < "$INPUT_PIPE"; echo "$m" > "$OUTPUT_PIPE"; echo out; echo err >&2'
 
 
 async def test_churn_leaves_no_zombie_fd_dir_or_memory(
     manager: ProcessManagerHandle, work_dir: Path
 ) -> None:
-    logs = CmdOptions(logging_type=LoggingType.STDOUT_AND_STDERR)
-    cmd = Cmd("sh", ["-c", "echo out; echo err >&2"], logs)
+    options = CmdOptions.with_named_pipe_messaging().replace(
+        logging_type=LoggingType.STDOUT_AND_STDERR
+    )
+    cmd = Cmd("sh", ["-c", CHURN_CHILD], options)
 
     async def cycle() -> None:
-        process_id = await manager.spawn(cmd)
-        info = await manager.wait(process_id, TIMEOUT)
+        process = await manager.spawn_with_handle(cmd)
+        answers = await process.subscribe_message_stream()
+        await process.send_message("ping")
+        assert (await anext(answers)).to_bytes() == b"ping"
+        info = await process.wait(TIMEOUT)
         assert info.exit_status == ExitStatus(0, None, True)
-        await bounded(manager.kill(process_id))
+        await bounded(process.kill())
 
     async def batches(n: int) -> None:
         for _ in range(n):

@@ -28,7 +28,7 @@ from ._errors import (
 )
 from ._logs import LogsQuery, follow_lines
 from ._messages import Message, encode_outgoing
-from ._model import ProcessId, ProcessInfo, Runnable
+from ._model import Cmd, ProcessId, ProcessInfo, Runnable, Script
 from ._requests import (
     Abort,
     Envelope,
@@ -159,7 +159,8 @@ class ProcessManagerHandle:
         non-executable program, a bad ``current_dir``, an unwritable working dir; nothing is
         left behind then.
         """
-        if not isinstance(runnable, Runnable):
+        # The protocol check walks the protocol's members: try the two usual classes first.
+        if not isinstance(runnable, Cmd | Script) and not isinstance(runnable, Runnable):
             raise SpawnProcessError(
                 f"cannot spawn {runnable!r}: not a Runnable (Cmd, Script, or an object with "
                 f"bootstrap_cmd and clean_after_fail)"

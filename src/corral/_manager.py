@@ -159,7 +159,7 @@ class ProcessManager:
                     await self._abort(envelope, envelope.request.grace)
                     return
                 self._dispatch(envelope)
-                if isinstance(envelope.request, Spawn):
+                if isinstance(envelope.request, Spawn) and not self._queue.empty():
                     # A spawn holds the loop until the child execs: let other work in between
                     # the spawns of a burst (the queue does not suspend while it has requests).
                     await asyncio.sleep(0)

@@ -46,6 +46,7 @@ from ._requests import (
     SubscribeEvents,
     Terminate,
     Wait,
+    running_loop,
 )
 from ._streams import ItemStream, MessageStream
 from ._supervision import ProcessEvent
@@ -131,11 +132,7 @@ class ProcessManagerHandle:
 
     def _post(self, envelope: Envelope[Any]) -> None:
         mailbox = self._mailbox
-        try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is mailbox.loop:
+        if running_loop() is mailbox.loop:
             mailbox.deliver(envelope)
             return
         try:

@@ -277,13 +277,6 @@ class ProcessManager:
             return
         # The actor never waits for a pipe: the writer queues, the reply follows the write.
         written = process.writer.enqueue(data)
-        if written.done():  # the usual case: the pipe had room
-            exc = written.exception()
-            if exc is None:
-                envelope.resolve(None)
-            else:
-                envelope.fail(exc)
-            return
 
         def done(future: asyncio.Future[None]) -> None:
             if future.cancelled():
@@ -293,6 +286,10 @@ class ProcessManager:
                 envelope.resolve(None)
             else:
                 envelope.fail(exc)
+
+        if written.done():  # the usual case: the pipe had room, reply without a callback
+            done(written)
+            return
 
         def withdraw() -> None:
             self.loop.call_soon_threadsafe(written.cancel)

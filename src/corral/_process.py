@@ -279,13 +279,16 @@ class ManagedProcess:
 
     # --- stopping -------------------------------------------------------------------------
 
-    def _stop_restarts(self) -> bool:
-        """No more restarts; True if a run is still alive (else the process is now down)."""
+    def _cancel_restarts(self) -> None:
         self._stopping = True
         self._restart_pending = False
         if self._restart_timer is not None:
             self._restart_timer.cancel()
             self._restart_timer = None
+
+    def _stop_restarts(self) -> bool:
+        """No more restarts; True if a run is still alive (else the process is now down)."""
+        self._cancel_restarts()
         if self.is_running:
             return True
         self._go_down(None)
@@ -323,11 +326,7 @@ class ManagedProcess:
 
     def kill_and_reap_blocking(self) -> None:
         """SIGKILL the group and reap the child synchronously (shutdown without a running loop)."""
-        self._stopping = True
-        self._restart_pending = False
-        if self._restart_timer is not None:
-            self._restart_timer.cancel()
-            self._restart_timer = None
+        self._cancel_restarts()
         self._run.reap_blocking()
         if not self.exited.done():
             with contextlib.suppress(RuntimeError):  # the future's loop may be closed

@@ -48,6 +48,7 @@ __all__ = [
     "SubscribeEvents",
     "Terminate",
     "Wait",
+    "running_loop",
 ]
 
 T = TypeVar("T")
@@ -173,7 +174,8 @@ class Abort(Request[None]):
     grace: float = 0.0
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The running loop of this thread, or None (where asyncio would raise)."""
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
@@ -222,7 +224,7 @@ class Envelope(Generic[T]):
             if future.cancelled():
                 callback()
 
-        if _running_loop() is loop:
+        if running_loop() is loop:
             reply.add_done_callback(done)
         else:
             with contextlib.suppress(RuntimeError):  # the caller's loop is closed
@@ -248,7 +250,7 @@ class Envelope(Generic[T]):
         reply, loop = self.reply, self.loop
         if reply is None or loop is None:
             return True
-        if _running_loop() is loop:
+        if running_loop() is loop:
             setter(reply, value)
             return True
         try:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import TypedDict
+
+import msgspec
 from hypothesis import strategies as st
 
 from corral import LogsQuery
@@ -83,3 +87,23 @@ MSGPACK_VALUES = st.recursive(
     ),
     max_leaves=20,
 )
+
+
+# --- typed decoding targets: one of each kind ---------------------------------------------------
+
+
+@dataclasses.dataclass
+class Job:
+    id: int
+    name: str
+    tags: list[str] = dataclasses.field(default_factory=list)
+
+
+class Point(TypedDict):
+    x: int
+    y: int
+
+
+class Reading(msgspec.Struct):
+    sensor: str
+    value: float

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import gc
 import os
 import random
@@ -20,13 +19,13 @@ import sys
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from pathlib import Path
-from typing import Any, TypedDict, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import msgspec
 import pytest
 from conftest import TIMEOUT, assert_no_zombie, fd_count, python_cmd, sleep_cmd
 from hypothesis import given, settings
-from oracles import JSON_VALUES, MSGPACK_VALUES
+from oracles import JSON_VALUES, MSGPACK_VALUES, Job, Point, Reading
 
 from corral import (
     Cmd,
@@ -359,23 +358,6 @@ def test_round_trip_property(work_dir: Path, fmt: MessageFormat, echo: str) -> N
             check()
         finally:
             runner.run(handle.abort())
-
-
-@dataclasses.dataclass
-class Job:
-    id: int
-    name: str
-    tags: list[str] = dataclasses.field(default_factory=list)
-
-
-class Point(TypedDict):
-    x: int
-    y: int
-
-
-class Reading(msgspec.Struct):
-    sensor: str
-    value: float
 
 
 #: (type, a good value, a value of the wrong shape) for each kind of typed decoding.

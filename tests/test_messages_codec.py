@@ -2,37 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Any, TypedDict
+from typing import Any
 
 import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from oracles import JSON_VALUES, MSGPACK_VALUES
+from oracles import JSON_VALUES, MSGPACK_VALUES, Job, Point, Reading
 
 from corral._errors import SerdeError
 from corral._messages import Message, MessageFormat, as_format, encode_outgoing
 
 ALL_FORMATS = list(MessageFormat)
-
-
-@dataclasses.dataclass
-class Job:
-    id: int
-    name: str
-    tags: list[str] = dataclasses.field(default_factory=list)
-
-
-class Point(TypedDict):
-    x: int
-    y: int
-
-
-class Reading(msgspec.Struct):
-    sensor: str
-    value: float
 
 
 # --- Message --------------------------------------------------------------------------------

@@ -592,18 +592,21 @@ async def test_the_first_subscriber_after_the_exit_gets_the_newest_buffered(
 # --- lossless and backpressure ------------------------------------------------------------------
 
 
+async def spawn_progress_writer(
+    manager: ProcessManagerHandle, count: int, size: int, output: MessagingType
+) -> ProcessHandle:
+    """A PROGRESS_WRITER child: on "go", ``count`` messages of ``size`` bytes; progress logged."""
+    options_ = options(STDIO, output, logging_type=LoggingType.STDERR_ONLY)
+    return await manager.spawn_with_handle(
+        python_cmd(PROGRESS_WRITER, str(count), str(size), options=options_)
+    )
+
+
 async def test_a_slow_lossless_subscriber_throttles_the_child_and_loses_nothing(
     manager: ProcessManagerHandle,
 ) -> None:
     count, size = 2000, 1000  # 2 MB: far more than the pipe, the reader and the buffer hold
-    proc = await manager.spawn_with_handle(
-        python_cmd(
-            PROGRESS_WRITER,
-            str(count),
-            str(size),
-            options=options(STDIO, STDIO, logging_type=LoggingType.STDERR_ONLY),
-        )
-    )
+    proc = await spawn_progress_writer(manager, count, size, STDIO)
     stream = await proc.subscribe_message_stream(lossless=True)
     await proc.send_message("go")
     assert await first_line(proc.follow_logs("stderr")) == "1"  # the child is writing
@@ -624,14 +627,7 @@ async def test_a_lossy_subscriber_that_does_not_read_does_not_slow_the_child(
     manager: ProcessManagerHandle,
 ) -> None:
     count, size, capacity = 2000, 1000, 16
-    proc = await manager.spawn_with_handle(
-        python_cmd(
-            PROGRESS_WRITER,
-            str(count),
-            str(size),
-            options=options(STDIO, PIPE, logging_type=LoggingType.STDERR_ONLY),
-        )
-    )
+    proc = await spawn_progress_writer(manager, count, size, PIPE)
     stream = await proc.subscribe_message_stream()
     await proc.send_message("go")
     assert succeeded(await proc.wait(TIMEOUT))  # ran to its end, unread
@@ -646,14 +642,7 @@ async def test_a_dropped_lossless_stream_no_longer_holds_the_child_back(
     manager: ProcessManagerHandle,
 ) -> None:
     count, size = 2000, 1000
-    proc = await manager.spawn_with_handle(
-        python_cmd(
-            PROGRESS_WRITER,
-            str(count),
-            str(size),
-            options=options(STDIO, STDIO, logging_type=LoggingType.STDERR_ONLY),
-        )
-    )
+    proc = await spawn_progress_writer(manager, count, size, STDIO)
     stream = await proc.subscribe_message_stream(lossless=True)
     await proc.send_message("go")
     with pytest.raises(TimeoutError):

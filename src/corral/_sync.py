@@ -143,11 +143,6 @@ class _LoopThread:
         finally:
             loop.close()
 
-    @property
-    def accepting(self) -> bool:
-        """Whether calls are still taken (the loop was not stopped)."""
-        return self._refusal is None
-
     def check_thread(self, what: str) -> None:
         """Raise ``RuntimeError`` if waiting here for the loop would deadlock."""
         if threading.get_ident() == self.ident:

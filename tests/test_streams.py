@@ -746,6 +746,31 @@ async def test_lossy_subscribers_that_keep_up_lose_nothing(spawn: Spawn) -> None
     assert all(texts(r) == [str(i) for i in range(20000)] for r in results)
 
 
+async def test_a_subscriber_that_keeps_up_pulls_a_burst_without_loop_turns(spawn: Spawn) -> None:
+    # 10,000 lines in one write (48,890 bytes: one pipe read). A subscriber that has read its
+    # batch pulls the next one itself: without that, each batch of 16 costs a loop turn (625).
+    burst = "import os; os.write(1, b''.join(b'%d\\n' % i for i in range(10000)))"
+    broadcast = Broadcast(16)
+    stream = broadcast.subscribe(lossless=True)
+    await spawn([sys.executable, "-c", burst], broadcast=broadcast, message_input=False)
+    first = await take(stream, 1)
+    loop = asyncio.get_running_loop()
+    turns = 0
+
+    def tick() -> None:
+        nonlocal turns, ticker
+        turns += 1
+        ticker = loop.call_soon(tick)
+
+    ticker = loop.call_soon(tick)
+    try:
+        rest = await take(stream, 9999)
+    finally:
+        ticker.cancel()
+    assert texts(first + rest) == [str(i) for i in range(10000)]
+    assert turns < 50, f"{turns} loop turns for 625 batches"
+
+
 async def test_a_lagging_subscriber_gets_the_exact_lost_count(spawn: Spawn) -> None:
     broadcast = Broadcast(10)
     stream = broadcast.subscribe()

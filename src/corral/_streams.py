@@ -268,6 +268,7 @@ class Broadcast:
         self._closed = False
         self._read_waiters: dict[asyncio.Future[None], None] = {}
         self._room_waiters: dict[asyncio.Future[None], None] = {}
+        self._pull: Callable[[], bool] | None = None
 
     @property
     def capacity(self) -> int:
@@ -379,6 +380,32 @@ class Broadcast:
             self._wake_readers()
         return taken
 
+    def set_pull(self, pull: Callable[[], bool] | None) -> None:
+        """Let a subscriber that has read everything ask the producer for more, at once.
+
+        ``pull`` runs on the owner loop, inside a subscriber's read, and publishes what the
+        producer holds that fits in :meth:`free_room`; it returns whether it published anything.
+        A producer that has messages ready (a pipe read gives thousands) thus hands them over
+        without a turn of the event loop per ``capacity`` messages. ``None`` removes it.
+        """
+        self._pull = pull
+
+    def free_room(self) -> int:
+        """How many messages can be published now without any subscriber losing one.
+
+        The least room among live subscribers: a lossy one has room for what would not push it
+        more than ``capacity`` behind, a lossless one for what would not give it more than
+        ``capacity`` messages not iterated yet. With no subscriber, the room is the capacity.
+        """
+        capacity = self._capacity
+        room = capacity
+        base = capacity - self._next
+        for sub in self._subscribers:
+            free = sub.pos + base - (len(sub.batch) if sub.lossless else 0)
+            if free < room:
+                room = free
+        return room
+
     async def publish(self, message: Message) -> None:
         """Append ``message``, waiting first while a lossless subscriber keeps the buffer full."""
         while not self.try_publish(message):
@@ -470,6 +497,11 @@ class Broadcast:
             if self._closed:
                 self._release(sub)
                 return False
+            pull = self._pull
+            # Only once every subscriber has fetched everything (the head is then the end):
+            # one still reading pulls when it is done, so the others need not ask.
+            if pull is not None and self._head == end and pull():
+                continue
             waiter = self._loop.create_future()
             self._read_waiters[waiter] = None
             try:
@@ -808,6 +840,9 @@ class MessageReader:
     At most ``capacity`` messages are published per turn of the event loop: subscribers waiting
     on this loop read a batch before the next one comes, so a burst of lines in one read does
     not overrun a subscriber that keeps up (one whose loop body does not wait on other things).
+    A subscriber that has read everything pulls the next messages of the burst itself, as many
+    as every subscriber has room for (:meth:`Broadcast.set_pull`), so a reader that keeps up
+    costs no loop turn per ``capacity`` messages and makes nobody lose any.
 
     While a lossless subscriber keeps the broadcast full, the reader stops reading the fd; the
     pipe fills up and the child blocks in ``write`` until the subscriber catches up.
@@ -837,9 +872,11 @@ class MessageReader:
         # At most `capacity` messages are published per turn of the loop (see _deliver).
         self._budget = broadcast.capacity
         self._refill_scheduled = False
+        self._refill_deferred = False
         self._deliver_on_refill = False  # the budget ran out with messages pending
         self._done: asyncio.Future[None] = self._loop.create_future()
         os.set_blocking(fd, False)
+        broadcast.set_pull(self._pull)
         self._start_reading()
 
     @property
@@ -933,6 +970,27 @@ class MessageReader:
                 self._stop_reading()
                 self._broadcast._room_future().add_done_callback(self._resume)
                 return
+        self._drained()
+
+    def _pull(self) -> bool:
+        """A subscriber has read everything: publish what fits without loss (see
+        :meth:`Broadcast.set_pull`); whether anything was published."""
+        pending = self._pending
+        if not pending or self._fd < 0:
+            return False
+        broadcast = self._broadcast
+        published = broadcast.publish_many(pending, broadcast.free_room())
+        if published and self._refill_scheduled:
+            # The subscribers this woke must read before the reader's next paced batch.
+            self._refill_deferred = True
+        if self._paused:
+            broadcast._wake_producer()  # the room it waits for is there: let it resume
+        elif not pending:
+            self._drained()
+        return published > 0
+
+    def _drained(self) -> None:
+        """Every message read is published: read more, or end."""
         if self._eof:
             self._finish()
         elif self._exited:
@@ -942,6 +1000,10 @@ class MessageReader:
             self._start_reading()
 
     def _refill(self) -> None:
+        if self._refill_deferred:  # a pull published since: run after the readers it woke
+            self._refill_deferred = False
+            self._loop.call_soon(self._refill)
+            return
         self._refill_scheduled = False
         self._budget = self._broadcast.capacity
         if self._deliver_on_refill:
@@ -971,6 +1033,8 @@ class MessageReader:
 
     def _finish(self) -> None:
         self._stop_reading()
+        if self._broadcast._pull == self._pull:  # a restarted process's next reader may own it
+            self._broadcast.set_pull(None)
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

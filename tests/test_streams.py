@@ -858,6 +858,7 @@ async def test_a_child_that_does_not_read_blocks_only_its_sender(spawn: Spawn) -
             await asyncio.wait_for(child.writer.send(big + b"\n"), 0.05)
         # A send that has not started yet is withdrawn when cancelled.
         withdrawn = child.writer.enqueue(b"B\n")
+        assert withdrawn is not None  # queued behind the unfinished message
         withdrawn.cancel()
         last = asyncio.ensure_future(child.writer.send(b"C\n"))
         # Meanwhile another child is served as usual.

@@ -62,7 +62,8 @@ _FETCH_ALL = LogsQuery.fetch_all()
 
 
 class _Mailbox(Protocol):
-    """The manager as a handle sees it: a loop, a way to post to it, what it found at start."""
+    """The manager as a handle sees it: a loop, a way to post to it, what it found at start,
+    and the shortcut of a send made on its own loop while nothing is queued."""
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop: ...
@@ -74,6 +75,11 @@ class _Mailbox(Protocol):
     def stale_process_dirs(self) -> tuple[Path, ...]: ...
 
     def deliver(self, envelope: Envelope[Any]) -> None: ...
+
+    @property
+    def idle(self) -> bool: ...
+
+    def send_now(self, process_id: ProcessId, data: bytes) -> asyncio.Future[None] | None: ...
 
 
 class ProcessManagerHandle:
@@ -280,8 +286,15 @@ class ProcessManagerHandle:
             raise WriteMessageError(
                 f"cannot send to process {process_id}: {exc}", process_id=process_id
             ) from exc
-        if data:
-            await self._call(SendMessage(process_id, data))
+        if not data:
+            return
+        mailbox = self._mailbox
+        if running_loop() is mailbox.loop and mailbox.idle:  # the usual case: no envelope
+            written = mailbox.send_now(process_id, data)
+            if written is not None:
+                await written
+            return
+        await self._call(SendMessage(process_id, data))
 
     async def subscribe_message_stream(
         self, process_id: ProcessId, *, lossless: bool = False

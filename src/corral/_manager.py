@@ -143,6 +143,23 @@ class ProcessManager:
         else:
             self._queue.put_nowait(envelope)
 
+    @property
+    def idle(self) -> bool:
+        """Whether a request delivered now would be handled at once: nothing is queued."""
+        return not self._closed and self._queue.empty()
+
+    def send_now(self, process_id: ProcessId, data: bytes) -> asyncio.Future[None] | None:
+        """A send from a caller on the manager's loop while :attr:`idle`: handled here at once,
+        as :meth:`deliver` would, without an envelope or a reply future.
+
+        Returns ``None`` once the pipe took the message, else the writer's future for the rest
+        (cancelling it withdraws a message not started). Raises the send's error.
+        """
+        writer = self._get(process_id, WriteMessageError).writer
+        if writer is None:
+            raise messaging_not_configured(WriteMessageError, process_id, "input")
+        return writer.enqueue(data)
+
     def _dispatch(self, envelope: Envelope[Any]) -> None:
         try:
             self._handle(envelope)
@@ -277,6 +294,9 @@ class ProcessManager:
             return
         # The actor never waits for a pipe: the writer queues, the reply follows the write.
         written = process.writer.enqueue(data)
+        if written is None:  # the usual case: the pipe took it all
+            envelope.resolve(None)
+            return
 
         def done(future: asyncio.Future[None]) -> None:
             if future.cancelled():
@@ -286,10 +306,6 @@ class ProcessManager:
                 envelope.resolve(None)
             else:
                 envelope.fail(exc)
-
-        if written.done():  # the usual case: the pipe had room, reply without a callback
-            done(written)
-            return
 
         def withdraw() -> None:
             self.loop.call_soon_threadsafe(written.cancel)

@@ -960,9 +960,11 @@ class MessageReader:
             published = self._broadcast.publish_many(pending, self._budget)
             if published:
                 self._budget -= published
-                if not self._refill_scheduled:
+                if not self._budget and not self._refill_scheduled:
                     # Scheduled after the wake-ups of the subscribers this batch woke, so they
-                    # run (and read the batch) before the next one is published.
+                    # run (and read it) before more is published. Only once the budget is
+                    # spent: fewer than `capacity` messages since the last refill cannot
+                    # overrun anyone, and a message at a time then costs no extra callback.
                     self._refill_scheduled = True
                     self._loop.call_soon(self._refill)
             if pending and self._budget:  # a lossless subscriber has a full buffer to iterate
@@ -1099,18 +1101,20 @@ class MessageWriter:
         Raises :class:`~corral.WriteMessageError` if the child's input is closed or the child
         has exited. See the class docs for cancellation.
         """
-        await self.enqueue(data)
+        written = self.enqueue(data)
+        if written is not None:
+            await written
 
-    def enqueue(self, data: bytes) -> asyncio.Future[None]:
-        """Queue ``data`` without waiting: the future completes when it is all in the pipe.
+    def enqueue(self, data: bytes) -> asyncio.Future[None] | None:
+        """Write ``data`` now if the pipe takes it all, else queue it without waiting.
 
-        For a caller that must not wait itself (an actor answering through a reply future).
-        Cancelling the future cancels the send as :meth:`send` describes.
+        Returns ``None`` when it is all in the pipe already (the usual case), else a future
+        that completes when it is. For a caller that must not wait itself (an actor answering
+        through a reply future). Cancelling the future cancels the send as :meth:`send`
+        describes. Raises :class:`~corral.WriteMessageError` at once if the input is closed.
         """
-        future: asyncio.Future[None] = self._loop.create_future()
         if self._failure is not None:
-            future.set_exception(self._error())
-            return future
+            raise self._error()
         view = memoryview(data)
         offset = 0
         if not self._queue:  # nothing ahead: write at once, the usual case
@@ -1120,11 +1124,10 @@ class MessageWriter:
                 pass
             except OSError as exc:
                 self._fail(exc)
-                future.set_exception(self._error())
-                return future
+                raise self._error() from None
             if offset == len(view):
-                future.set_result(None)
-                return future
+                return None
+        future: asyncio.Future[None] = self._loop.create_future()
         entry = _Send(view, offset, future)
         self._queue.append(entry)
         future.add_done_callback(functools.partial(self._on_send_done, entry))

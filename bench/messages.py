@@ -16,7 +16,8 @@
    them in memory, says ``ready``, waits for ``go`` and then writes them as fast as it can in 64
    KiB chunks. corral with 1 and 10 lossless subscribers (every message delivered to each, and
    checked) on the child's stdout, at corral's default ``output_buffer_capacity`` and a large one,
-   and 1 on a named pipe, against ``StreamReader.readline`` on the stdout pipe of the same child
+   the 10 iterating message by message and then ``stream.batches()``, and 1 on a named pipe,
+   against ``StreamReader.readline`` on the stdout pipe of the same child
    program. Target >= 0.7x for the stdout figures. Shown as well: a lossy subscriber with a large
    buffer (and what it lost), and, for the 10-subscriber figures, a hand-written fan-out (readline,
    then each line handed to 10 tasks through bounded ``asyncio.Queue`` objects).
@@ -355,6 +356,23 @@ async def _drain_stream(stream: MessageStream, skip_ready: bool) -> tuple[int, i
             lost += exc.count
 
 
+async def _drain_batches(stream: MessageStream, skip_ready: bool) -> tuple[int, int, bytes]:
+    """Like ``_drain_stream``, through ``stream.batches()``."""
+    if skip_ready and (await anext(stream)).to_bytes() != b"ready":
+        raise AssertionError("corral: the first message is not 'ready'")
+    received = lost = 0
+    last = Message(b"")
+    batches = stream.batches()
+    while True:
+        try:
+            async for batch in batches:
+                for last in batch:  # noqa: B007 - the last one is checked
+                    received += 1
+            return received, lost, last.to_bytes()
+        except LostMessagesError as exc:
+            lost += exc.count
+
+
 async def corral_flood(
     handle: ProcessManagerHandle,
     count: int,
@@ -364,6 +382,7 @@ async def corral_flood(
     *,
     lossless: bool,
     capacity: int,
+    batched: bool = False,
 ) -> Flood:
     opts = CmdOptions(
         message_input=MessagingType.STANDARD_IO,
@@ -383,8 +402,9 @@ async def corral_flood(
             raise AssertionError("corral: the first message is not 'ready'")
         watch = Stopwatch()
         await handle.send_message(process_id, "go")
+        drain = _drain_batches if batched else _drain_stream
         results = await asyncio.gather(
-            *(_drain_stream(stream, skip_ready=i > 0) for i, stream in enumerate(streams))
+            *(drain(stream, skip_ready=i > 0) for i, stream in enumerate(streams))
         )
         lap = watch.lap()
     finally:
@@ -504,15 +524,30 @@ async def bench_throughput(
         ),
     ]
 
-    def corral(output: MessagingType, subscribers: int, lossless: bool, capacity: int) -> None:
+    def corral(
+        output: MessagingType,
+        subscribers: int,
+        lossless: bool,
+        capacity: int,
+        batched: bool = False,
+    ) -> None:
         where = "stdout" if output is stdio else "named pipe"
         kind = "lossless" if lossless else "lossy"
         label = f"corral {where}, {subscribers} {kind}, cap {capacity}"
+        if batched:
+            label += ", batches"
         ways.append(
             Way(
                 label,
                 lambda: corral_flood(
-                    handle, count, size, output, subscribers, lossless=lossless, capacity=capacity
+                    handle,
+                    count,
+                    size,
+                    output,
+                    subscribers,
+                    lossless=lossless,
+                    capacity=capacity,
+                    batched=batched,
                 ),
                 subscribers=subscribers,
                 target=lossless and output is stdio,
@@ -523,6 +558,7 @@ async def bench_throughput(
     for capacity in capacities:
         corral(stdio, 1, True, capacity)
         corral(stdio, fan, True, capacity)
+        corral(stdio, fan, True, capacity, batched=True)
     corral(fifo, 1, True, capacities[0])
     corral(stdio, 1, False, lossy)
     best: dict[str, Flood] = {}
@@ -533,14 +569,14 @@ async def bench_throughput(
                 best[way.label] = flood
     base_rate = count / best[ways[0].label].seconds
     fan_rate = count / best[ways[1].label].seconds
-    print(f"  {'':<36} {'msg/s':>9} {'MB/s':>5} {'ns/msg':>6} {'CPU':>5}  ratio")
+    print(f"  {'':<45} {'msg/s':>9} {'MB/s':>5} {'ns/msg':>6} {'CPU':>5}  ratio")
     ratios = []
     for way in ways:
         flood = best[way.label]
         rate = count / flood.seconds
         ratio = rate / base_rate
         line = (
-            f"  {way.label:<36} {rate:9.0f} {rate * size / 1e6:5.1f} "
+            f"  {way.label:<45} {rate:9.0f} {rate * size / 1e6:5.1f} "
             f"{flood.seconds / count * 1e9:6.0f} {flood.cpu / count * 1e9:5.0f}  {ratio:4.2f}"
         )
         if way.target:

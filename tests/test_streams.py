@@ -317,6 +317,86 @@ async def test_lag_raises_the_exact_lost_count_then_goes_on() -> None:
     assert texts(await collect(slow)) == ["13", "14", "15", "16"]
 
 
+# One step of the buffer property below: publish that many messages, or let subscriber i read
+# one message ("one") or one batch ("batch").
+_Step = tuple[str, int]
+_steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("publish"), st.integers(1, 12)),
+        st.tuples(st.sampled_from(["one", "batch"]), st.integers(0, 2)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(capacity=st.integers(1, 6), steps=_steps)
+def test_buffer_property_messages_and_batches_lose_exactly_what_a_lag_says(
+    capacity: int, steps: list[_Step]
+) -> None:
+    # The model: a subscriber fetches everything published from its position on; one more
+    # than `capacity` behind the newest loses the oldest, reported first with the exact count.
+    async def run() -> None:
+        broadcast = Broadcast(capacity)
+        streams = [broadcast.subscribe() for _ in range(3)]
+        batches = [stream.batches() for stream in streams]
+        published = 0
+        pos = [0, 0, 0]  # the model's position of each subscriber: what it fetched
+        fetched: list[list[int]] = [[], [], []]  # fetched by the model, not yet iterated
+        for op, arg in steps:
+            if op == "publish":
+                publish_all(broadcast, [str(published + i) for i in range(arg)])
+                published += arg
+                continue
+            if not fetched[arg] and pos[arg] == published:
+                continue  # it would wait
+            expected_lost = 0
+            if not fetched[arg]:
+                oldest = published - capacity
+                if pos[arg] < oldest:
+                    expected_lost = oldest - pos[arg]
+                    pos[arg] = oldest
+                else:
+                    fetched[arg] = list(range(pos[arg], published))
+                    pos[arg] = published
+            if expected_lost:
+                with pytest.raises(LostMessagesError) as info:
+                    await anext(batches[arg] if op == "batch" else streams[arg])
+                assert info.value.count == expected_lost
+            elif op == "batch":
+                got = await anext(batches[arg])
+                assert [int(t) for t in texts(got)] == fetched[arg]
+                fetched[arg] = []
+            else:
+                assert int((await anext(streams[arg])).to_string()) == fetched[arg].pop(0)
+        broadcast.close()
+        for i, stream in enumerate(streams):
+            rest = [
+                m for batch in await collect(stream.ignore_lost_messages().batches()) for m in batch
+            ]
+            assert [int(t) for t in texts(rest)][: len(fetched[i])] == fetched[i]
+
+    asyncio.run(run())
+
+
+async def test_batches_hold_what_is_there_at_most_the_capacity_and_end_with_the_stream() -> None:
+    broadcast = Broadcast(4)
+    batches = broadcast.subscribe().batches()
+    publish_all(broadcast, ["a", "b"])
+    assert texts(await anext(batches)) == ["a", "b"]
+    waiting = asyncio.ensure_future(anext(batches))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    publish_all(broadcast, ["c"])
+    assert texts(await asyncio.wait_for(waiting, TIMEOUT)) == ["c"]
+    publish_all(broadcast, [str(i) for i in range(6)])  # 2 lost
+    with pytest.raises(LostMessagesError) as info:
+        await anext(batches)
+    assert info.value.count == 2
+    broadcast.close()
+    assert [texts(b) for b in await collect(batches)] == [["2", "3", "4", "5"]]
+
+
 async def test_ignore_lost_messages_skips_the_gap() -> None:
     broadcast = Broadcast(2)
     stream = broadcast.subscribe().ignore_lost_messages()
@@ -735,6 +815,20 @@ async def test_every_subscriber_gets_every_message(spawn: Spawn, subscribers: in
     results = await asyncio.gather(*(collect(s) for s in streams))
     expected = [str(i) for i in range(2000)]
     assert all(texts(r) == expected for r in results)
+    assert await child.exited() == 0
+
+
+async def test_ten_lossless_subscribers_in_batches_get_every_message(spawn: Spawn) -> None:
+    broadcast = Broadcast(64)
+    streams = [broadcast.subscribe(lossless=True).batches() for _ in range(10)]
+    child = await spawn(
+        [sys.executable, "-c", COUNT_PY, "20000"], broadcast=broadcast, message_input=False
+    )
+    results = await asyncio.gather(*(collect(s) for s in streams))
+    expected = [str(i) for i in range(20000)]
+    for batches in results:
+        assert all(0 < len(batch) <= 64 for batch in batches)
+        assert [text for batch in batches for text in texts(batch)] == expected
     assert await child.exited() == 0
 
 

@@ -53,7 +53,7 @@ from ._model import (
     ScriptingLanguage,
     ScriptRunConfig,
 )
-from ._streams import ItemStream, MessageStream
+from ._streams import BatchStream, ItemStream, MessageStream
 from ._supervision import EventKind, ProcessEvent
 from ._sync import BlockingIterator, SyncProcessHandle, SyncProcessManager, SyncScopedProcessHandle
 
@@ -65,6 +65,7 @@ __all__ = [
     "PROCESS_DATA_DIR_ENV_NAME",
     "SCRIPT_FILE_PATH_PLACEHOLDER",
     "Backoff",
+    "BatchStream",
     "BlockingIterator",
     "Cmd",
     "CmdError",

@@ -11,6 +11,7 @@ import signal
 import stat
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import (
@@ -38,6 +39,7 @@ from corral import (
     GetProcessInfoError,
     KillProcessError,
     LoggingType,
+    LogsQuery,
     ManagerAbortedError,
     MessagingType,
     ProcessId,
@@ -527,6 +529,61 @@ async def test_current_dir(manager: ProcessManagerHandle, tmp_path: Path) -> Non
     assert read_record(tmp_path / "out")["cwd"] == str(cwd)
     await manager.wait(await manager.spawn(record_cmd(tmp_path / "out2")))
     assert read_record(tmp_path / "out2")["cwd"] == os.getcwd()
+
+
+#: A child reporting what it started with: the ignored-signal mask of a process it execs (the
+#: shell itself may ignore some), its own pid and process group, and the fds a program it
+#: execs finds open (its own dir fd aside).
+START_STATE_SH = r"""grep SigIgn /proc/self/status
+echo "$$ $(cut -d' ' -f5 /proc/$$/stat)"
+exec python3 -c 'import os; print(" ".join(sorted(os.listdir("/proc/self/fd"), key=int)))'
+"""
+
+
+@pytest.mark.parametrize("extra", [{}, {"current_dir": "/"}, {"umask": 0o022}], ids=str)
+async def test_a_child_starts_with_default_signals_its_own_group_and_only_its_stdio(
+    manager: ProcessManagerHandle, extra: dict[str, Any]
+) -> None:
+    # Started while other children hold pipes, FIFOs and logs, and while the parent holds an fd
+    # marked inheritable (as a make jobserver's or a CI runner's pipe is): none may reach it.
+    busy = CmdOptions.with_named_pipe_messaging()
+    busy.logging_type = LoggingType.STDOUT_AND_STDERR
+    others = [await manager.spawn(Cmd("sleep", ["60"], busy)) for _ in range(2)]
+    read_end, write_end = os.pipe()
+    os.set_inheritable(write_end, True)
+    try:
+        options = CmdOptions(logging_type=LoggingType.STDOUT_ONLY, **extra)
+        process_id = await manager.spawn(Cmd("sh", ["-c", START_STATE_SH], options))
+        info = await manager.wait(process_id, TIMEOUT)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert info.exit_status == ExitStatus(0, None, True)
+    ignored, ids, fds = (await manager.get_logs_stdout(process_id, LogsQuery.fetch_all()))[:3]
+    mask = int(ignored.split()[1], 16)
+    assert not mask & (1 << (signal.SIGPIPE - 1)), "SIGPIPE must have its default action"
+    assert not mask & (1 << (signal.SIGXFSZ - 1))
+    pid, group = ids.split()
+    assert pid == group == str(info.pid)  # the leader of its own process group
+    assert fds.split() == ["0", "1", "2", "3"]  # stdio and listdir's own fd: nothing inherited
+    for other in others:
+        await manager.kill(other)
+
+
+async def test_a_bare_program_name_is_looked_up_in_the_childs_path(
+    manager: ProcessManagerHandle, tmp_path: Path
+) -> None:
+    tool = tmp_path / "corral-test-tool"
+    tool.write_text("#!/bin/sh\nexit 7\n")
+    tool.chmod(0o755)
+    own_path = CmdOptions(envs={"PATH": f"{tmp_path}:{os.environ.get('PATH', '')}"})
+    info = await manager.wait(await manager.spawn(Cmd(tool.name, [], own_path)), TIMEOUT)
+    assert info.exit_status is not None
+    assert info.exit_status.code == 7
+    with pytest.raises(SpawnProcessError, match="corral-test-tool"):
+        await manager.spawn(Cmd(tool.name))  # not on the parent's PATH
+    info = await manager.wait(await manager.spawn(Cmd("true")), TIMEOUT)  # on the parent's
+    assert info.exit_status == ExitStatus(0, None, True)
 
 
 # --- info, wait, kill, list --------------------------------------------------------------------

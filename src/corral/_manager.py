@@ -124,6 +124,7 @@ class ProcessManager:
         self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self._events = EventBroadcast(_EVENT_CAPACITY, loop)
         self._paced: collections.deque[Callable[[], None]] = collections.deque()
+        self._spawned_this_turn = False
         _LIVE.add(self)
         self._task = loop.create_task(self._run(), name=f"corral-manager-{self.working_dir.name}")
 
@@ -132,13 +133,20 @@ class ProcessManager:
     def deliver(self, envelope: Envelope[Any]) -> None:
         """Take a request; runs on the manager's loop.
 
-        With nothing queued ahead of it, a request whose handler does not wait (all but spawn
-        and abort) is handled at once, here on the manager's loop: same order, same state, one
-        loop turn less per call, which is most of a message round trip's cost.
+        With nothing queued ahead of it, a request is handled at once, here on the manager's
+        loop: same order, same state, one loop turn less per call, which is most of a message
+        round trip's cost. Not an abort, which waits; and not a second spawn in one loop turn:
+        a spawn holds the loop until the child execs, so the spawns of a burst are queued and
+        taken one per turn, with I/O and exits handled in between.
         """
+        request = envelope.request
         if self._closed:
-            envelope.fail(manager_aborted(envelope.request.error))
-        elif self._queue.empty() and not isinstance(envelope.request, Spawn | Abort):
+            envelope.fail(manager_aborted(request.error))
+        elif (
+            self._queue.empty()
+            and not isinstance(request, Abort)
+            and not (self._spawned_this_turn and isinstance(request, Spawn))
+        ):
             self._dispatch(envelope)
         else:
             self._queue.put_nowait(envelope)
@@ -175,11 +183,11 @@ class ProcessManager:
                 if isinstance(envelope.request, Abort):
                     await self._abort(envelope, envelope.request.grace)
                     return
-                self._dispatch(envelope)
-                if isinstance(envelope.request, Spawn) and not self._queue.empty():
-                    # A spawn holds the loop until the child execs: let other work in between
-                    # the spawns of a burst (the queue does not suspend while it has requests).
+                if isinstance(envelope.request, Spawn) and self._spawned_this_turn:
+                    # One spawn per loop turn (see deliver): the queue does not suspend while
+                    # it has requests, so wait for the next turn here.
                     await asyncio.sleep(0)
+                self._dispatch(envelope)
         finally:
             if not self._released:  # cancelled or collected before abort() finished
                 self.shutdown_now()
@@ -240,6 +248,15 @@ class ProcessManager:
             raise LoggingNotConfiguredError(process_id, stream)
         return log
 
+    def _spawn_turn(self) -> None:
+        """A spawn runs in this loop turn: the next one waits for the next turn."""
+        if not self._spawned_this_turn:
+            self._spawned_this_turn = True
+            self.loop.call_soon(self._new_spawn_turn)  # runs next turn, after I/O is polled
+
+    def _new_spawn_turn(self) -> None:
+        self._spawned_this_turn = False
+
     def _pace(self, spawn: Callable[[], None]) -> None:
         """Run ``spawn`` soon, at most one per loop turn (restarts come in bursts)."""
         self._paced.append(spawn)
@@ -260,6 +277,7 @@ class ProcessManager:
     # --- handlers -------------------------------------------------------------------------
 
     def _on_spawn(self, envelope: Envelope[Any], runnable: Any) -> None:
+        self._spawn_turn()
         process_id = ProcessId.new()
         try:
             child = spawn_child(process_id, runnable, self.working_dir, self._devnull)

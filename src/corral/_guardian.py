@@ -152,11 +152,11 @@ class _Guardian:
                 os.close(self._fd)
             self._fd = -1
 
-    def add(self, record: bytes) -> None:
+    def add(self, *records: bytes) -> None:
         with self._lock:
-            self._records.add(record)
+            self._records.update(records)
             if self._ensure_started():
-                self._write(_line(b"+", record))
+                self._write(b"".join(_line(b"+", record) for record in records))
 
     def remove(self, record: bytes, *, tell: bool = True) -> None:
         with self._lock:
@@ -177,9 +177,15 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_GUARDIAN.forget_after_fork)
 
 
-def register_group(group: int) -> None:
-    """Have ``group`` SIGKILLed if this process dies before :func:`unregister_group`."""
-    _GUARDIAN.add(b"G%d" % group)
+def register_group(group: int, directory: Path | None = None) -> None:
+    """Have ``group`` SIGKILLed if this process dies before :func:`unregister_group`.
+
+    With ``directory``, also :func:`register_dir` it, in the same single write.
+    """
+    if directory is None:
+        _GUARDIAN.add(b"G%d" % group)
+    else:
+        _GUARDIAN.add(b"G%d" % group, _dir_record(directory))
 
 
 def unregister_group(group: int) -> None:
@@ -190,11 +196,15 @@ def unregister_group(group: int) -> None:
     _GUARDIAN.remove(b"G%d" % group, tell=not _WATCHES_LEADERS)
 
 
+def _dir_record(path: Path) -> bytes:
+    return b"D" + os.fsencode(path).hex().encode()
+
+
 def register_dir(path: Path) -> None:
     """Have ``path`` removed (after the groups are killed) if this process dies first."""
-    _GUARDIAN.add(b"D" + os.fsencode(path).hex().encode())
+    _GUARDIAN.add(_dir_record(path))
 
 
 def unregister_dir(path: Path) -> None:
     """``path`` was removed, or is the user's to keep."""
-    _GUARDIAN.remove(b"D" + os.fsencode(path).hex().encode())
+    _GUARDIAN.remove(_dir_record(path))

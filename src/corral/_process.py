@@ -16,6 +16,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from . import _guardian as guardian
 from ._errors import SpawnProcessError
@@ -42,6 +43,7 @@ class _Run:
         process_id: ProcessId,
         broadcast: Broadcast | None,
         on_exit: Callable[[_Run, int], None],
+        guard_dir: Path | None,
     ) -> None:
         self.popen = child.popen
         self.pid: int = child.popen.pid
@@ -54,7 +56,7 @@ class _Run:
             self.writer = MessageWriter(child.message_in, process_id=process_id, loop=loop)
         if child.message_out is not None and broadcast is not None:
             self.reader = MessageReader(child.message_out, broadcast)
-        guardian.register_group(self.pid)
+        guardian.register_group(self.pid, guard_dir)
         self._on_exit = on_exit
         self.watch: ExitWatch | None = watch_exit(
             loop, child.popen, self._exited, self._before_reap
@@ -144,9 +146,7 @@ class ManagedProcess:
         # In a working dir of the user's, the guardian removes this dir if the parent dies; a
         # working dir corral made is removed whole, this one with it.
         self._guard_dir = guard_dir
-        if guard_dir:
-            guardian.register_dir(self.process_dir)
-        self._run = self._start_run(child)
+        self._run = self._start_run(child, self.process_dir if guard_dir else None)
 
     # --- state ----------------------------------------------------------------------------
 
@@ -196,8 +196,10 @@ class ManagedProcess:
 
     # --- runs and restarts ----------------------------------------------------------------
 
-    def _start_run(self, child: SpawnedChild) -> _Run:
-        run = _Run(child, self._loop, self.id, self.broadcast, self._on_exit)
+    def _start_run(self, child: SpawnedChild, guard_dir: Path | None = None) -> _Run:
+        """Start watching a new run; ``guard_dir``: the process dir, for the guardian to remove
+        if the parent dies (registered with the first run's group, in one message)."""
+        run = _Run(child, self._loop, self.id, self.broadcast, self._on_exit, guard_dir)
         if run.reader is not None and self._tracker.policy.mode is not RestartMode.NEVER:
             # A restart may follow, and the end of this run's output (a pipe's EOF comes before
             # the exit is seen) must not end the streams: _go_down does, when down for good.

@@ -712,6 +712,17 @@ async def test_cancelled_sends_started_ones_finish_waiting_ones_are_withdrawn(
     await proc.kill()
 
 
+async def queue_a_spawn(manager: ProcessManagerHandle) -> asyncio.Future[list[ProcessId]]:
+    """Leave a spawn waiting in the manager's queue until its loop turns again.
+
+    The manager handles one spawn per loop turn at once and queues the next: two spawns posted
+    in one turn leave the second queued, and every request after it waits behind it.
+    """
+    ahead = asyncio.gather(manager.spawn(sleep_cmd()), manager.spawn(sleep_cmd()))
+    await asyncio.sleep(0)  # both are posted, the second is queued: the manager has not run
+    return ahead
+
+
 async def test_a_send_cancelled_before_the_manager_took_it_is_withdrawn(
     manager: ProcessManagerHandle,
 ) -> None:
@@ -720,12 +731,12 @@ async def test_a_send_cancelled_before_the_manager_took_it_is_withdrawn(
     # A spawn queued first keeps the send waiting in the manager's queue (a request with
     # nothing ahead of it is handled at once); the deadline passes before the manager's loop
     # turns. Nothing is in the pipe, so nothing must be sent.
-    ahead = asyncio.ensure_future(manager.spawn(sleep_cmd()))
-    await asyncio.sleep(0)  # the spawn is posted, the manager has not run yet
+    ahead = await queue_a_spawn(manager)
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0):
             await proc.send_message("withdrawn")
-    await manager.kill(await ahead)
+    for process_id in await ahead:
+        await manager.kill(process_id)
     await proc.send_message("x")
     assert await next_item(stream.raw()) == b"x"
     await proc.kill()
@@ -737,12 +748,12 @@ async def test_a_subscribe_cancelled_before_the_manager_took_it_is_no_first_subs
 ) -> None:
     pid = await manager.spawn(writer_child(b"kept\nfor the first\n", PIPE))
     assert succeeded(await manager.wait(pid, TIMEOUT))
-    ahead = asyncio.ensure_future(manager.spawn(sleep_cmd()))  # queued: see the test above
-    await asyncio.sleep(0)
+    ahead = await queue_a_spawn(manager)  # see the test above
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0):
             await manager.subscribe_message_stream(pid)
-    await manager.kill(await ahead)
+    for process_id in await ahead:
+        await manager.kill(process_id)
     first = await manager.subscribe_message_stream(pid)
     assert await collect(first.strings()) == ["kept", "for the first"]
 

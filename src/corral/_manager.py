@@ -183,11 +183,12 @@ class ProcessManager:
                 if isinstance(envelope.request, Abort):
                     await self._abort(envelope, envelope.request.grace)
                     return
-                if isinstance(envelope.request, Spawn) and self._spawned_this_turn:
-                    # One spawn per loop turn (see deliver): the queue does not suspend while
-                    # it has requests, so wait for the next turn here.
-                    await asyncio.sleep(0)
                 self._dispatch(envelope)
+                if isinstance(envelope.request, Spawn) and not self._queue.empty():
+                    # A spawn holds the loop until the child execs: let other work (I/O,
+                    # timers) in before what is queued behind it (the queue does not suspend
+                    # while it has requests).
+                    await asyncio.sleep(0)
         finally:
             if not self._released:  # cancelled or collected before abort() finished
                 self.shutdown_now()

@@ -67,6 +67,30 @@ def sleep_cmd(seconds: int = 60) -> Cmd:
     return Cmd("sleep", [str(seconds)])
 
 
+class LoopTurns:
+    """Counts the turns of the running event loop while its ``with`` block runs.
+
+    A callback posts itself again each time it runs: once per turn of the loop.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._loop = asyncio.get_running_loop()
+        self._handle: asyncio.Handle | None = None
+
+    def __enter__(self) -> LoopTurns:
+        self._handle = self._loop.call_soon(self._tick)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+
+    def _tick(self) -> None:
+        self.count += 1
+        self._handle = self._loop.call_soon(self._tick)
+
+
 # --- the process table of the OS -------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from conftest import (
     TIMEOUT,
+    LoopTurns,
     children_of_self,
     fd_count,
     pid_alive,
@@ -589,20 +590,9 @@ async def test_a_bare_program_name_is_looked_up_in_the_childs_path(
 async def test_a_burst_of_spawns_takes_a_loop_turn_each(manager: ProcessManagerHandle) -> None:
     # A spawn holds the loop until its child execs: twenty at once must let the loop poll I/O
     # (exits, pipes) between them, not hold it for all twenty in one turn.
-    loop = asyncio.get_running_loop()
-    turns = 0
-
-    def tick() -> None:
-        nonlocal turns, ticker
-        turns += 1
-        ticker = loop.call_soon(tick)
-
-    ticker = loop.call_soon(tick)
-    try:
+    with LoopTurns() as turns:
         ids = await asyncio.gather(*(manager.spawn(Cmd("true")) for _ in range(20)))
-    finally:
-        ticker.cancel()
-    assert turns >= 19
+    assert turns.count >= 19
     for process_id in ids:
         await manager.kill(process_id)
 

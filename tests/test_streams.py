@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import pytest
 import pytest_asyncio
-from conftest import TIMEOUT, fd_count
+from conftest import TIMEOUT, LoopTurns, fd_count
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -848,21 +848,10 @@ async def test_a_subscriber_that_keeps_up_pulls_a_burst_without_loop_turns(spawn
     stream = broadcast.subscribe(lossless=True)
     await spawn([sys.executable, "-c", burst], broadcast=broadcast, message_input=False)
     first = await take(stream, 1)
-    loop = asyncio.get_running_loop()
-    turns = 0
-
-    def tick() -> None:
-        nonlocal turns, ticker
-        turns += 1
-        ticker = loop.call_soon(tick)
-
-    ticker = loop.call_soon(tick)
-    try:
+    with LoopTurns() as turns:
         rest = await take(stream, 9999)
-    finally:
-        ticker.cancel()
     assert texts(first + rest) == [str(i) for i in range(10000)]
-    assert turns < 50, f"{turns} loop turns for 625 batches"
+    assert turns.count < 50, f"{turns.count} loop turns for 625 batches"
 
 
 async def test_a_lagging_subscriber_gets_the_exact_lost_count(spawn: Spawn) -> None:

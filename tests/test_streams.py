@@ -264,6 +264,84 @@ def test_framing_property(lines: list[bytes], tail: bytes, cuts: list[int]) -> N
     assert framer.finish() == (tail or None)
 
 
+# A subscriber of the reader property below: how it reads, whether it is lossless, and every
+# how many items it lets other tasks run (0: never).
+_Reader = tuple[str, bool, int]
+
+
+async def _consume(stream: MessageStream, how: str, pause_every: int) -> tuple[list[bytes], int]:
+    """What a subscriber receives, and how many messages it was told it lost."""
+    got: list[bytes] = []
+    lost = 0
+    items = stream.batches() if how == "batches" else stream
+    while True:
+        try:
+            async for item in items:
+                got.extend(m.to_bytes() for m in (item if isinstance(item, list) else [item]))
+                if pause_every and len(got) % pause_every == 0:
+                    for _ in range(3):  # a slow subscriber: the reader goes on meanwhile
+                        await asyncio.sleep(0)
+            return got, lost
+        except LostMessagesError as exc:
+            lost += exc.count
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lines=st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=400),
+    cuts=st.lists(st.integers(min_value=0, max_value=20_000), max_size=20),
+    capacity=st.integers(1, 8),
+    readers=st.lists(
+        st.tuples(st.sampled_from(["messages", "batches"]), st.booleans(), st.integers(0, 3)),
+        min_size=1,
+        max_size=4,
+    ),
+)
+def test_reader_property_lossless_get_everything_lossy_lose_exactly_what_they_are_told(
+    lines: list[bytes], cuts: list[int], capacity: int, readers: list[_Reader]
+) -> None:
+    """Lines written through a real pipe in any chunks, read by any mix of subscribers: each
+    lossless one gets every line once, in order; each lossy one gets an in-order part of them
+    and is told exactly how many it missed."""
+    data = b"".join(line + b"\n" for line in lines)
+    bounds = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
+
+    def write_all(fd: int) -> None:
+        with open(fd, "wb", buffering=0) as pipe:
+            for start, end in itertools.pairwise(bounds):
+                pipe.write(data[start:end])
+
+    async def run() -> None:
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        broadcast = Broadcast(capacity)
+        streams = [broadcast.subscribe(lossless=lossless) for _, lossless, _ in readers]
+        reader = MessageReader(read_end, broadcast)
+        writer = threading.Thread(target=write_all, args=(write_end,))
+        writer.start()
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(
+                    *(
+                        _consume(stream, how, every)
+                        for stream, (how, _, every) in zip(streams, readers, strict=True)
+                    )
+                ),
+                TIMEOUT,
+            )
+        finally:
+            reader.close()
+            await asyncio.to_thread(writer.join)
+        for (got, lost), (_, lossless, _) in zip(results, readers, strict=True):
+            if lossless:
+                assert (got, lost) == (lines, 0)
+            else:
+                assert len(got) + lost == len(lines)
+                remaining = iter(lines)
+                assert all(line in remaining for line in got)  # an in-order part of them
+
+    asyncio.run(run())
+
+
 def test_framer_huge_line_is_linear() -> None:
     framer = LineFramer()
     piece = b"x" * 65536

@@ -21,8 +21,8 @@ Wiring, for the manager::
     reader = MessageReader(output_fd, broadcast)
     writer = MessageWriter(input_fd, process_id=pid)
     # send_message:             await writer.send(encode_outgoing(message))
-    #                           (or, from an actor that must not wait: reply with the future
-    #                           writer.enqueue(encode_outgoing(message)))
+    #                           (or, from an actor that must not wait: writer.enqueue(data),
+    #                           None when written at once, else a future to reply through)
     # subscribe_message_stream: broadcast.subscribe()
     # when the child has exited: reader.child_exited(); writer.child_exited()
     # kill / abort:              reader.close(); writer.close()

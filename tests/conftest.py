@@ -99,16 +99,30 @@ def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def proc_stat(pid: int) -> tuple[str, int] | None:
-    """The state letter and start time of ``pid`` (None when there is no such process)."""
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` from the state on (None when there is no such process)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             text = f.read()
-    except (FileNotFoundError, ProcessLookupError):
+    except (FileNotFoundError, ProcessLookupError):  # gone, or going
         return None
     # The command name (field 2) is in parentheses and may hold spaces: split after it.
-    fields = text[text.rindex(")") + 2 :].split()
+    return text[text.rindex(")") + 2 :].split()
+
+
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """The state letter and start time of ``pid`` (None when there is no such process)."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
     return fields[0], int(fields[19])
+
+
+def parent_of(pid: int) -> int:
+    """The parent pid of a process that exists."""
+    fields = _stat_fields(pid)
+    assert fields is not None, f"process {pid} does not exist"
+    return int(fields[1])
 
 
 def pid_alive(pid: int, start_time: int | None = None) -> bool:
@@ -132,21 +146,20 @@ def start_time(pid: int) -> int:
     return stat[1]
 
 
-def children_of_self() -> set[int]:
-    """The pids of this process's children (live or zombie)."""
-    me = os.getpid()
+def children_of(pid: int) -> set[int]:
+    """The pids of ``pid``'s children (live or zombie)."""
     children: set[int] = set()
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                text = f.read()
-        except OSError:
-            continue
-        if int(text[text.rindex(")") + 2 :].split()[1]) == me:
-            children.add(int(entry))
+        if entry.isdigit():
+            fields = _stat_fields(entry)
+            if fields is not None and int(fields[1]) == pid:
+                children.add(int(entry))
     return children
+
+
+def children_of_self() -> set[int]:
+    """The pids of this process's children (live or zombie)."""
+    return children_of(os.getpid())
 
 
 @contextlib.contextmanager

@@ -34,6 +34,7 @@ from conftest import (
     assert_no_zombie,
     children_of_self,
     fd_count,
+    parent_of,
     pid_alive,
     sleep_cmd,
     start_time,
@@ -91,12 +92,6 @@ def has_signal(mask: str, sig: int) -> bool:
 def signal_pending(pid: int, sig: int) -> bool:
     """Whether ``sig`` was sent to ``pid`` and not delivered yet."""
     return any(has_signal(status_field(pid, f), sig) for f in ("ShdPnd", "SigPnd"))
-
-
-def parent_of(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        text = f.read()
-    return int(text[text.rindex(")") + 2 :].split()[1])
 
 
 def guardians_of_self() -> list[int]:

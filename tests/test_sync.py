@@ -28,6 +28,7 @@ import pytest
 from conftest import (
     TIMEOUT,
     assert_no_zombie,
+    children_of,
     exercise_handle,
     fd_count,
     pid_alive,
@@ -717,17 +718,10 @@ def guardian_of(pid: int) -> tuple[int, int]:
     """The (pid, start time) of ``pid``'s child in a session of its own: corral's guardian."""
     session = os.getsid(pid)
     found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                text = f.read()
-            parent = int(text[text.rindex(")") + 2 :].split()[1])
-            if parent == pid and os.getsid(int(entry)) != session:
-                found.append(int(entry))
-        except (OSError, ValueError):
-            continue
+    for child in children_of(pid):
+        with contextlib.suppress(ProcessLookupError):
+            if os.getsid(child) != session:
+                found.append(child)
     assert len(found) == 1, f"guardians of {pid}: {found}"
     return found[0], start_time(found[0])
 

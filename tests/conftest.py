@@ -15,7 +15,7 @@ import sys
 import textwrap
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import pytest_asyncio
@@ -31,6 +31,8 @@ from corral import (
 )
 
 #: Bound for every wait in the tests: generous, never reached when things work.
+_T = TypeVar("_T")
+
 TIMEOUT = 10.0
 
 #: A Python child that records what it was started with, as JSON, into the file named by its
@@ -65,6 +67,36 @@ def python_cmd(code: str, *args: str, options: CmdOptions | None = None) -> Cmd:
 def sleep_cmd(seconds: int = 60) -> Cmd:
     """A child that runs until it is killed (within the test's lifetime)."""
     return Cmd("sleep", [str(seconds)])
+
+
+# --- bounded reads of a stream -----------------------------------------------------------------
+
+
+async def take(stream: AsyncIterator[_T], count: int, timeout: float = TIMEOUT) -> list[_T]:
+    """The next ``count`` items of ``stream``."""
+    async with asyncio.timeout(timeout):
+        return [await anext(stream) for _ in range(count)]
+
+
+async def collect(stream: AsyncIterator[_T], timeout: float = TIMEOUT) -> list[_T]:
+    """Every item until the end of ``stream`` (an exception from it fails the test)."""
+    async with asyncio.timeout(timeout):
+        return [item async for item in stream]
+
+
+async def outcomes(
+    stream: AsyncIterator[Any], caught: type[Exception] = Exception, timeout: float = TIMEOUT
+) -> list[Any]:
+    """Every item, or the ``caught`` error raised in its place, until the end of ``stream``."""
+    results: list[Any] = []
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                results.append(await anext(stream))
+            except StopAsyncIteration:
+                return results
+            except caught as exc:
+                results.append(exc)
 
 
 class LoopTurns:

@@ -23,7 +23,16 @@ from typing import Any, TypeVar, cast
 
 import msgspec
 import pytest
-from conftest import TIMEOUT, assert_no_zombie, fd_count, python_cmd, sleep_cmd
+from conftest import (
+    TIMEOUT,
+    assert_no_zombie,
+    collect,
+    fd_count,
+    outcomes,
+    python_cmd,
+    sleep_cmd,
+    take,
+)
 from hypothesis import given, settings
 from oracles import JSON_VALUES, MSGPACK_VALUES, Job, Point, Reading
 
@@ -204,31 +213,6 @@ def pipe_max_size() -> int:
 async def next_item(stream: AsyncIterator[_T], timeout: float = TIMEOUT) -> _T:
     """The next item of ``stream``."""
     return await asyncio.wait_for(anext(stream), timeout)
-
-
-async def take(stream: AsyncIterator[_T], count: int, timeout: float = TIMEOUT) -> list[_T]:
-    """The next ``count`` items of ``stream``."""
-    async with asyncio.timeout(timeout):
-        return [await anext(stream) for _ in range(count)]
-
-
-async def collect(stream: AsyncIterator[_T], timeout: float = TIMEOUT) -> list[_T]:
-    """Every item until the end of ``stream`` (an exception from it fails the test)."""
-    async with asyncio.timeout(timeout):
-        return [item async for item in stream]
-
-
-async def outcomes(stream: AsyncIterator[Any], timeout: float = TIMEOUT) -> list[Any]:
-    """Every item or per-item conversion error until the end of ``stream``."""
-    results: list[Any] = []
-    async with asyncio.timeout(timeout):
-        while True:
-            try:
-                results.append(await anext(stream))
-            except StopAsyncIteration:
-                return results
-            except ReceiveDeserializedMessageError as exc:
-                results.append(exc)
 
 
 async def send_all(target: ProcessHandle, items: list[str]) -> None:
@@ -865,7 +849,9 @@ async def test_invalid_utf8_fails_per_item_and_the_stream_goes_on(
 ) -> None:
     data = b"ok\n\xff\xfe garbage\ncaf\xc3\n\x00\x01 binary\nfine\n"
     pid = await manager.spawn(writer_child(data, output))
-    results = await outcomes((await manager.subscribe_message_stream(pid)).strings())
+    results = await outcomes(
+        (await manager.subscribe_message_stream(pid)).strings(), ReceiveDeserializedMessageError
+    )
     assert [r if isinstance(r, str) else r.data for r in results] == [
         "ok",
         b"\xff\xfe garbage",
@@ -894,7 +880,9 @@ async def test_partial_and_garbage_payloads_fail_per_item(
         bad = [truncated, good[:-1], b"garbage!"]
     data = b"\n".join([good, *bad, good]) + b"\n"
     pid = await manager.spawn(writer_child(data, PIPE))
-    results = await outcomes((await manager.subscribe_message_stream(pid)).decoded(fmt))
+    results = await outcomes(
+        (await manager.subscribe_message_stream(pid)).decoded(fmt), ReceiveDeserializedMessageError
+    )
     assert results[0] == results[-1] == [1, {"a": "b"}]
     errors = results[1:-1]
     assert all(isinstance(e, ReceiveDeserializedMessageError) for e in errors)

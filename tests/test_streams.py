@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import pytest
 import pytest_asyncio
-from conftest import TIMEOUT, LoopTurns, fd_count
+from conftest import TIMEOUT, LoopTurns, collect, fd_count, outcomes, take
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -162,40 +162,6 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
         yield spawner
     finally:
         await spawner.cleanup()
-
-
-async def collect(stream: AsyncIterator[_T], timeout: float = TIMEOUT) -> list[_T]:
-    """Every item until the end of the stream."""
-
-    async def run() -> list[_T]:
-        return [item async for item in stream]
-
-    return await asyncio.wait_for(run(), timeout)
-
-
-async def take(stream: AsyncIterator[_T], count: int) -> list[_T]:
-    """The next ``count`` items."""
-
-    async def run() -> list[_T]:
-        return [await anext(stream) for _ in range(count)]
-
-    return await asyncio.wait_for(run(), TIMEOUT)
-
-
-async def outcomes(stream: AsyncIterator[Any]) -> list[Any]:
-    """Every item or per-item error until the end of the stream."""
-
-    async def run() -> list[Any]:
-        results: list[Any] = []
-        while True:
-            try:
-                results.append(await anext(stream))
-            except StopAsyncIteration:
-                return results
-            except Exception as exc:
-                results.append(exc)
-
-    return await asyncio.wait_for(run(), TIMEOUT)
 
 
 async def settle(condition: Callable[[], bool], turns: int = 10_000) -> None:

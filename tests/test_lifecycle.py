@@ -53,6 +53,7 @@ from corral import (
     ProcessManagerHandle,
     ProcessNotFoundError,
 )
+from corral import _guardian as guardian_module
 
 T = TypeVar("T")
 
@@ -521,15 +522,16 @@ async def test_one_guardian_that_ignores_terminal_and_termination_signals(
     started = start_time(guardian)
     assert parent_of(guardian) == os.getpid()
     assert os.getsid(guardian) == guardian != os.getsid(0)  # a session of its own
-    ignored = status_field(guardian, "SigIgn")
+    # From its exec on, each of these signals is blocked (while the interpreter starts) or
+    # ignored: SigBlk is read before SigIgn, and the guardian ignores before it unblocks.
+    blocked, ignored = status_field(guardian, "SigBlk"), status_field(guardian, "SigIgn")
     sent = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-    assert all(has_signal(ignored, sig) for sig in sent)
+    assert all(has_signal(blocked, sig) or has_signal(ignored, sig) for sig in sent)
     with pidfds([(guardian, started)]) as [fd]:
         for sig in sent:
             signal.pidfd_send_signal(fd, sig)
-    # An ignored signal is dropped when sent: nothing pending, nothing delivered, still there.
+    # Nothing was delivered: still there. (A blocked one is dropped once it is ignored.)
     assert pid_alive(guardian, started)
-    assert not any(signal_pending(guardian, sig) for sig in sent)
     # A second manager in the same process shares it; it is not restarted.
     async with ProcessManager.spawn() as other:
         await other.spawn(sleep_cmd(300))
@@ -537,6 +539,57 @@ async def test_one_guardian_that_ignores_terminal_and_termination_signals(
         assert guardians_of_self() == [guardian]
     assert pid_alive(guardian, started)
     await bounded(manager.kill(first))
+
+
+async def test_spawns_and_reaps_do_not_wake_the_guardian(manager: ProcessManagerHandle) -> None:
+    """The guardian sleeps in read until the parent dies: a spawn writes to the shared table."""
+    await warm_up(manager)  # the first spawn in a working dir tells the guardian about the dir
+    [guardian] = guardians_of_self()
+    woken = status_field(guardian, "voluntary_ctxt_switches")
+    for _ in range(20):
+        process_id = await manager.spawn(Cmd("true"))
+        await bounded(manager.wait(process_id))
+        await bounded(manager.kill(process_id))
+    await bounded(manager.kill(await manager.spawn(sleep_cmd(300))))
+    assert status_field(guardian, "voluntary_ctxt_switches") == woken
+
+
+def test_the_guardian_reads_a_grown_table(tmp_path: Path) -> None:
+    """Entries past the table's first size, freed ones reused: the guardian sees the live ones."""
+    table = guardian_module._Table()
+    work = tmp_path / "work"
+    work.mkdir()
+    sleepers = [subprocess.Popen(["sleep", "300"], process_group=0) for _ in range(3)]
+    try:
+        filler = [table.add(0) for _ in range(guardian_module._FIRST_ENTRIES + 100)]
+        table.clear(filler[10], 0)  # freed: the first sleeper's entry reuses it, the rest are new
+        live_dirs, dead_dirs = [], []
+        for n, sleeper in enumerate(sleepers):
+            live_dirs.append(work / f"live-{n}")
+            table.add(sleeper.pid, 1, live_dirs[-1].name.encode())
+        for n in range(3):
+            dead_dirs.append(work / f"removed-{n}")
+            index = table.add(0, 1, dead_dirs[-1].name.encode())
+            table.clear(index, 4)  # the parent removed it: the guardian must not
+        for path in (*live_dirs, *dead_dirs):
+            (path / "data").mkdir(parents=True)
+        guardian = subprocess.Popen(
+            guardian_module._argv(table.fd),
+            stdin=subprocess.PIPE,
+            pass_fds=(table.fd,),
+            start_new_session=True,
+        )
+        assert guardian.stdin is not None
+        guardian.stdin.write(b"P+1 " + os.fsencode(work).hex().encode() + b"\n")
+        guardian.stdin.close()  # as if the parent died
+        assert guardian.wait(TIMEOUT) == 0
+        assert [sleeper.wait(TIMEOUT) for sleeper in sleepers] == [-signal.SIGKILL] * 3
+        assert sorted(work.iterdir()) == dead_dirs
+    finally:
+        for sleeper in sleepers:
+            sleeper.kill()
+            sleeper.wait()
+        table.close()
 
 
 #: A parent program: a manager on argv[1] (or its own temp dir when empty) with 20 children,

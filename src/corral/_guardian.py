@@ -1,13 +1,23 @@
 """No orphans, even when the parent is SIGKILLed: a guardian process that outlives it briefly.
 
 Once per parent process corral starts a tiny guardian (a Python interpreter running
-``_GUARDIAN_CODE``) in a session of its own, with a pipe from the parent as its stdin. Each
-child's process group is registered on spawn (one pipe write) and forgotten once its leader has
-exited: on Linux the guardian watches each leader through a pidfd, elsewhere the parent tells it
-when it reaps the child. When the
-parent dies, however it dies, the kernel closes the pipe; the guardian reads EOF and SIGKILLs every
-group still registered, grandchildren included, removes the dirs it was told about (process dirs,
-a manager's own temp dir), then exits.
+``_GUARDIAN_CODE``) in a session of its own, with a pipe from the parent as its stdin. When the
+parent dies, however it dies, the kernel closes the pipe; the guardian reads EOF, SIGKILLs every
+process group still registered, grandchildren included, removes the dirs it was told about
+(process dirs, a manager's own temp dir), then exits.
+
+What it must clean up lives in a shared table: a small file in memory (``memfd``, or an unlinked
+temp file elsewhere) that the parent maps and the guardian reads only once, at the end. A spawn
+registers its child's group, and its process dir, by writing one entry there: a few stores, no
+system call, and the guardian is not woken. Before this table, each spawn was a pipe write that
+woke the guardian, and the wake-ups cost more CPU than the write on a small machine where the
+guardian, the parent and the children share two cores. The pipe still carries what is rare: the
+dirs of managers (their temp dirs, and the working dirs their process dirs live in).
+
+An entry is published with its group id written last, a single aligned 4-byte store: a parent
+killed in the middle leaves an entry the guardian skips, never a torn group id. A group is
+cleared once its leader has exited and *before* the parent reaps it, while the zombie still holds
+the id: so the guardian never signals an id that could name another group by then.
 
 Why not ``PR_SET_PDEATHSIG`` in each child (measured on a 2-core Linux VM, ``/bin/true``)?
 
@@ -17,132 +27,240 @@ way                             spawns/s     notes
 plain ``Popen`` (vfork)         ~1,800       the fast path corral keeps
 ``setpriv --pdeathsig KILL``    ~710         an extra exec per child (2.5x slower)
 ``preexec_fn`` calling prctl    ~510         forces fork; ~40x slower with a 1 GiB parent
-guardian                        ~1,800       one 8-byte pipe write per spawn and reap
+guardian                        ~1,800       an entry in shared memory per spawn
 ==============================  ===========  ==========================================
 
 The death signal also only reaches the direct child (grandchildren survive, reparented to
 init), fires when the *thread* that spawned exits rather than the process, and does not exist on
-macOS. The guardian kills whole groups, does not care which thread spawned, and needs only a pipe.
-Its cost is one extra process per parent (started on the first spawn, ~20 ms) and a window of a
-few microseconds between a child's start and its registration.
+macOS. The guardian kills whole groups, does not care which thread spawned, and needs only a pipe
+and a file. Its cost is one extra process per parent (started on the first spawn, ~20 ms) and a
+window of a few microseconds between a child's start and its registration.
 """
 
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
+import signal
+import struct
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
-from ._platform import HAS_PIDFD
+__all__ = [
+    "register_dir",
+    "register_group",
+    "unregister_dir",
+    "unregister_group",
+    "unregister_process_dir",
+]
 
-__all__ = ["register_dir", "register_group", "unregister_dir", "unregister_group"]
+#: One table entry: group id (int32, 0: none), index of the dir's parent (int32, 0: none),
+#: length of the dir's name (uint8), the name (a process dir's UUID).
+_ENTRY = 64
+_HEAD = struct.Struct("<iiB")
+_NAME_MAX = _ENTRY - _HEAD.size
+_INT = struct.Struct("<i")
+_FIRST_ENTRIES = 1024
+
+#: Signals the guardian ignores: it must outlive whatever stops the parent, to clean up after it.
+_IGNORED = tuple(
+    getattr(signal, name)
+    for name in (
+        "SIGINT",
+        "SIGTERM",
+        "SIGHUP",
+        "SIGQUIT",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGPIPE",
+    )
+    if hasattr(signal, name)
+)
 
 _GUARDIAN_CODE = r"""
-import os, select, shutil, signal
-for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGPIPE"):
-    if hasattr(signal, name):
-        signal.signal(getattr(signal, name), signal.SIG_IGN)
-groups, dirs, leaders = set(), set(), {}
-poller = select.poll()
-poller.register(0, select.POLLIN)
+import os, shutil, signal, struct, sys
+ignored = [int(number) for number in sys.argv[3].split(",")]
+for number in ignored:
+    signal.signal(number, signal.SIG_IGN)
+if hasattr(signal, "pthread_sigmask"):  # blocked since the exec: what came meanwhile is dropped
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, ignored)
+table, entry = int(sys.argv[1]), int(sys.argv[2])
+head = struct.Struct("<iiB")
+parents, dirs = {}, set()
 pending = b""
-running = True
-while running:
-    for fd, _ in poller.poll():
-        if fd != 0:  # a group leader exited: its id may be reused, forget the group
-            groups.discard(leaders.pop(fd))
-            poller.unregister(fd)
-            os.close(fd)
-            continue
+while True:  # asleep in read until the parent writes (rarely) or dies
+    try:
+        data = os.read(0, 65536)
+    except InterruptedError:
+        continue
+    if not data:
+        break
+    pending += data
+    *records, pending = pending.split(b"\n")
+    for record in records:
+        kind, sign, value = record[:1], record[1:2], record[2:]
         try:
-            data = os.read(0, 65536)
-        except InterruptedError:
-            continue
-        if not data:
-            running = False
-            break
-        pending += data
-        *records, pending = pending.split(b"\n")
-        for record in records:
-            kind, sign, value = record[:1], record[1:2], record[2:]
-            try:
-                if kind == b"G" and sign == b"+":
-                    group = int(value)
-                    groups.add(group)
-                    if hasattr(os, "pidfd_open"):  # watch the leader: no unregistration needed
-                        try:
-                            leader = os.pidfd_open(group)
-                        except ProcessLookupError:  # already gone
-                            groups.discard(group)
-                        except OSError:  # no pidfds here: the parent says when it is reaped
-                            pass
-                        else:
-                            leaders[leader] = group
-                            poller.register(leader, select.POLLIN)
-                elif kind == b"G":
-                    groups.discard(int(value))
-                elif kind == b"D":
-                    (dirs.add if sign == b"+" else dirs.discard)(bytes.fromhex(value.decode()))
-            except ValueError:
-                pass  # a garbled record must not cost the other children their guardian
+            if kind == b"P":  # P+<index> <path in hex>: a parent of process dirs
+                index, path = value.split(b" ")
+                parents[int(index)] = bytes.fromhex(path.decode())
+            elif kind == b"D":
+                (dirs.add if sign == b"+" else dirs.discard)(bytes.fromhex(value.decode()))
+        except ValueError:
+            pass  # a garbled record must not cost the other children their guardian
+groups, process_dirs = [], []
+try:
+    blob = os.pread(table, os.fstat(table).st_size, 0)
+except OSError:
+    blob = b""
+for offset in range(0, len(blob) - entry + 1, entry):
+    group, parent, length = head.unpack_from(blob, offset)
+    if group > 0:
+        groups.append(group)
+    if parent in parents and 0 < length <= entry - head.size:
+        name = blob[offset + head.size : offset + head.size + length]
+        if b"/" not in name and name not in (b".", b".."):
+            process_dirs.append(os.path.join(parents[parent], name))
 for group in groups:
     try:
         os.killpg(group, signal.SIGKILL)
     except OSError:
         pass
-for path in dirs:
+for path in (*process_dirs, *dirs):
     shutil.rmtree(path, ignore_errors=True)
 """
 
-#: Whether the guardian watches each group's leader itself (a pidfd per leader): then a reaped
-#: child needs no message, and a spawn costs one pipe write.
-_WATCHES_LEADERS = HAS_PIDFD
+
+def _argv(table_fd: int) -> list[str]:
+    """The guardian's command line, with the fd of the table it inherits."""
+    ignored = ",".join(str(int(number)) for number in _IGNORED)
+    return [sys.executable, "-I", "-S", "-c", _GUARDIAN_CODE, str(table_fd), str(_ENTRY), ignored]
 
 
 def _line(sign: bytes, record: bytes) -> bytes:
     return record[:1] + sign + record[1:] + b"\n"
 
 
+def _hex(path: Path) -> bytes:
+    return os.fsencode(path).hex().encode()
+
+
+def _new_table_fd() -> int:
+    """An fd on an empty file only this process (and the guardian it is passed to) can reach."""
+    if hasattr(os, "memfd_create"):
+        with contextlib.suppress(OSError):
+            return os.memfd_create("corral-guardian", os.MFD_CLOEXEC)
+    fd, path = tempfile.mkstemp(prefix="corral-guardian-")
+    os.unlink(path)
+    return fd
+
+
+class _Table:
+    """The parent's side of the shared table: entries, their free list, and what is in each."""
+
+    def __init__(self) -> None:
+        self.fd = _new_table_fd()
+        self._capacity = _FIRST_ENTRIES
+        os.ftruncate(self.fd, self._capacity * _ENTRY)
+        self._map = mmap.mmap(self.fd, self._capacity * _ENTRY)
+        self._used = 0
+        self._free: list[int] = []
+        self._fields: dict[int, int] = {}  # entry -> how many of its fields are set
+
+    def add(self, group: int, parent: int = 0, name: bytes = b"") -> int:
+        if self._free:
+            index = self._free.pop()
+        else:
+            if self._used == self._capacity:
+                self._grow()
+            index, self._used = self._used, self._used + 1
+        offset = index * _ENTRY
+        self._map[offset + _HEAD.size : offset + _HEAD.size + len(name)] = name
+        _HEAD.pack_into(self._map, offset, 0, parent, len(name))
+        _INT.pack_into(self._map, offset, group)  # last: the entry counts from here
+        self._fields[index] = 1 + (parent != 0)
+        return index
+
+    def clear(self, index: int, field: int) -> None:
+        """Clear field 0 (the group) or 4 (the dir) of entry ``index``; free it when empty."""
+        _INT.pack_into(self._map, index * _ENTRY + field, 0)
+        self._fields[index] -= 1
+        if not self._fields[index]:
+            del self._fields[index]
+            self._free.append(index)
+
+    def _grow(self) -> None:
+        self._capacity *= 2
+        os.ftruncate(self.fd, self._capacity * _ENTRY)
+        old, self._map = self._map, mmap.mmap(self.fd, self._capacity * _ENTRY)
+        old.close()
+
+    def close(self) -> None:
+        """Drop this process's view (after a fork: the table is the parent's)."""
+        self._map.close()
+        os.close(self.fd)
+
+
 class _Guardian:
-    """The parent's side: the pipe to the guardian and the groups it was told about."""
+    """The parent's side: the guardian process, its pipe, the table and what is in it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # managers on several threads may spawn at once
         self._fd = -1
         self._process: subprocess.Popen[bytes] | None = None
-        # What the guardian must clean up: b"G<group id>" and b"D<dir path in hex>".
+        self._table: _Table | None = None
+        self._groups: dict[int, int] = {}  # group id -> table entry
+        self._process_dirs: dict[Path, int] = {}  # process dir -> table entry
+        self._parents: dict[Path, int] = {}  # parent of process dirs -> its index (from 1)
+        # What went through the pipe and still holds, for a restarted guardian: b"P<index>
+        # <hex>" and b"D<hex>" (a dir to remove).
         self._records: set[bytes] = set()
 
-    def _ensure_started(self) -> bool:
+    def _ensure_started(self) -> _Table | None:
         if self._process is not None and self._process.poll() is None:
-            return True
+            return self._table
         self._close_pipe()
-        read_end, write_end = os.pipe2(os.O_CLOEXEC) if hasattr(os, "pipe2") else os.pipe()
+        try:
+            if self._table is None:
+                self._table = _Table()
+            table = self._table
+            read_end, write_end = os.pipe2(os.O_CLOEXEC) if hasattr(os, "pipe2") else os.pipe()
+        except OSError:
+            return None  # degrade: children are still killed on abort and at exit
+        # The interpreter takes ~20 ms to start: until it ignores them, the signals it must
+        # survive are blocked (a blocked mask is inherited through exec), not deadly.
+        masked = hasattr(signal, "pthread_sigmask")
+        if masked:
+            old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _IGNORED)
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _GUARDIAN_CODE],
+                _argv(table.fd),
                 stdin=read_end,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,  # out of reach of the terminal's and the group's signals
                 close_fds=True,
+                pass_fds=(table.fd,),
             )
         except OSError:
             os.close(write_end)
-            return False  # degrade: children are still killed on abort and at exit
+            return None
         finally:
+            if masked:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             os.close(read_end)
         self._fd = write_end
-        if self._records:  # a restarted guardian learns what its predecessor knew
+        if self._records:  # a restarted guardian learns what its predecessor was told
             self._write(b"".join(_line(b"+", record) for record in self._records))
-        return True
+        return table  # it shares the table: it knows every group and process dir already
 
-    def _write(self, record: bytes) -> None:
+    def _write(self, data: bytes) -> None:
         try:
-            os.write(self._fd, record)  # a few bytes into an empty pipe: never blocks
+            os.write(self._fd, data)  # a few bytes into a pipe that is drained: never blocks
         except OSError:
             self._close_pipe()  # the guardian died: the next registration restarts it
 
@@ -152,22 +270,71 @@ class _Guardian:
                 os.close(self._fd)
             self._fd = -1
 
-    def add(self, *records: bytes) -> None:
-        with self._lock:
-            self._records.update(records)
-            if self._ensure_started():
-                self._write(b"".join(_line(b"+", record) for record in records))
-
-    def remove(self, record: bytes, *, tell: bool = True) -> None:
-        with self._lock:
+    def _tell(self, sign: bytes, record: bytes) -> None:
+        """Send a pipe record (the guardian started); keep it for a restarted guardian."""
+        if sign == b"+":
+            self._records.add(record)
+        else:
             self._records.discard(record)
-            if tell and self._fd >= 0:
-                self._write(_line(b"-", record))
+        if self._fd >= 0:
+            self._write(_line(sign, record))
+
+    def _parent_index(self, parent: Path) -> int:
+        index = self._parents.get(parent)
+        if index is None:
+            index = self._parents[parent] = len(self._parents) + 1
+            self._tell(b"+", b"P%d %s" % (index, _hex(parent)))
+        return index
+
+    def add_group(self, group: int, process_dir: Path | None) -> None:
+        with self._lock:
+            table = self._ensure_started()
+            if table is None:
+                return
+            name = os.fsencode(process_dir.name) if process_dir is not None else b""
+            if process_dir is None or not 0 < len(name) <= _NAME_MAX:
+                self._groups[group] = table.add(group)
+                if process_dir is not None:  # a name too long for an entry: by the pipe
+                    self._tell(b"+", b"D" + _hex(process_dir))
+                return
+            index = table.add(group, self._parent_index(process_dir.parent), name)
+            self._groups[group] = index
+            self._process_dirs[process_dir] = index
+
+    def remove_group(self, group: int) -> None:
+        with self._lock:
+            index = self._groups.pop(group, None)
+            if index is not None and self._table is not None:
+                self._table.clear(index, 0)
+
+    def remove_process_dir(self, process_dir: Path) -> None:
+        with self._lock:
+            index = self._process_dirs.pop(process_dir, None)
+            if index is not None and self._table is not None:
+                self._table.clear(index, 4)
+            else:
+                self._tell(b"-", b"D" + _hex(process_dir))
+
+    def add_dir(self, path: Path) -> None:
+        with self._lock:
+            if self._ensure_started() is not None:
+                self._tell(b"+", b"D" + _hex(path))
+
+    def remove_dir(self, path: Path) -> None:
+        with self._lock:
+            self._tell(b"-", b"D" + _hex(path))
 
     def forget_after_fork(self) -> None:
-        # A forked child must not hold the pipe open: the guardian would miss the parent's death.
+        # A forked child must not hold the pipe open (the guardian would miss the parent's
+        # death), nor write into the parent's table.
         self._close_pipe()
+        if self._table is not None:
+            self._table.close()
+        self._table = None
         self._process = None
+        self._groups.clear()
+        self._process_dirs.clear()
+        self._parents.clear()
         self._records.clear()
         self._lock = threading.Lock()
 
@@ -177,34 +344,31 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_GUARDIAN.forget_after_fork)
 
 
-def register_group(group: int, directory: Path | None = None) -> None:
+def register_group(group: int, process_dir: Path | None = None) -> None:
     """Have ``group`` SIGKILLed if this process dies before :func:`unregister_group`.
 
-    With ``directory``, also :func:`register_dir` it, in the same single write.
+    With ``process_dir`` (a dir named by a process id), also have it removed then, until
+    :func:`unregister_process_dir`. One table entry holds both.
     """
-    if directory is None:
-        _GUARDIAN.add(b"G%d" % group)
-    else:
-        _GUARDIAN.add(b"G%d" % group, _dir_record(directory))
+    _GUARDIAN.add_group(group, process_dir)
 
 
 def unregister_group(group: int) -> None:
-    """The group's leader was reaped: its id may be reused, never signal it from now on.
-
-    Where the guardian watches leaders through pidfds it already knows: nothing is written.
-    """
-    _GUARDIAN.remove(b"G%d" % group, tell=not _WATCHES_LEADERS)
+    """Never signal ``group`` from now on. Call it once the leader has exited and before it is
+    reaped (while the zombie holds the id), else right after the reap. Idempotent."""
+    _GUARDIAN.remove_group(group)
 
 
-def _dir_record(path: Path) -> bytes:
-    return b"D" + os.fsencode(path).hex().encode()
+def unregister_process_dir(process_dir: Path) -> None:
+    """The process dir registered with :func:`register_group` was removed."""
+    _GUARDIAN.remove_process_dir(process_dir)
 
 
 def register_dir(path: Path) -> None:
     """Have ``path`` removed (after the groups are killed) if this process dies first."""
-    _GUARDIAN.add(_dir_record(path))
+    _GUARDIAN.add_dir(path)
 
 
 def unregister_dir(path: Path) -> None:
-    """``path`` was removed, or is the user's to keep."""
-    _GUARDIAN.remove(_dir_record(path))
+    """``path`` was removed, or is the user's to keep: the guardian must leave it alone."""
+    _GUARDIAN.remove_dir(path)

@@ -63,13 +63,16 @@ class _Run:
         )
 
     def _before_reap(self) -> None:
+        # The leader exited: from the reap on, its id may name another group. The guardian must
+        # forget it first, while the zombie still holds it.
+        guardian.unregister_group(self.pid)
         if self.kill_group_at_exit:
             # The zombie leader still holds the group id, so this cannot hit another group.
             with contextlib.suppress(OSError):
                 os.killpg(self.pid, signal.SIGKILL)
 
     def _exited(self, returncode: int) -> None:
-        guardian.unregister_group(self.pid)
+        guardian.unregister_group(self.pid)  # where the exit was only seen with the reap
         self.watch = None
         self.exit_status = ExitStatus.from_returncode(returncode)
         self._on_exit(self, returncode)
@@ -92,8 +95,8 @@ class _Run:
             self.watch.cancel()
             self.watch = None
         if self.exit_status is None:
+            guardian.unregister_group(self.pid)  # SIGKILLed already: it dies without the guardian
             self.exit_status = ExitStatus.from_returncode(self.popen.wait())
-            guardian.unregister_group(self.pid)
 
     def close(self) -> None:
         """Release this run's watch and pipe ends."""
@@ -341,5 +344,5 @@ class ManagedProcess:
             self.broadcast.close()
         remove_process_dir(self.process_dir)
         if self._guard_dir:
-            guardian.unregister_dir(self.process_dir)
+            guardian.unregister_process_dir(self.process_dir)
         self._event(EventKind.KILLED)

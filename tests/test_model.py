@@ -52,6 +52,16 @@ def test_cmd_defaults() -> None:
     cmd = Cmd("true")
     assert cmd.args == ()
     assert cmd.options == CmdOptions()
+    # Each command has options of its own, mutable containers included, still validated.
+    other = Cmd("true")
+    assert other.options is not cmd.options
+    cmd.options.envs["A"] = "1"
+    cmd.options.envs_to_remove.append("B")
+    cmd.options.rlimits[0] = (1, 1)
+    cmd.options.nice = 5
+    assert other.options == CmdOptions()
+    with pytest.raises(CmdOptionsError):
+        other.options.output_buffer_capacity = 0
 
 
 def test_cmd_accepts_a_path_and_any_iterable_of_args() -> None:

@@ -517,6 +517,16 @@ class CmdOptions:
 
 _MISSING = object()
 
+# CmdOptions() once, validated: ``Cmd(program)`` copies it (~0.5 µs) instead of running twelve
+# validators (~6 µs). Each copy gets its own dicts and list, since options are mutable.
+_DEFAULT_FIELDS = dict(CmdOptions().__dict__)
+
+
+def _default_options() -> CmdOptions:
+    options = object.__new__(CmdOptions)
+    options.__dict__.update(_DEFAULT_FIELDS, envs={}, envs_to_remove=[], rlimits={})
+    return options
+
 
 # --- what can be spawned ----------------------------------------------------------------------
 
@@ -569,7 +579,7 @@ class Cmd:
             raise CmdError(f"options must be CmdOptions or None, not {type(options).__name__}")
         self._cmd = cmd
         self._args = args
-        self.options = options if options is not None else CmdOptions()
+        self.options = options if options is not None else _default_options()
 
     @classmethod
     def parse(cls, command_line: str, options: CmdOptions | None = None) -> Cmd:
@@ -710,7 +720,7 @@ class Script:
         self.lang = lang
         self.content = content
         self.args = tuple(args)
-        self.options = options if options is not None else CmdOptions()
+        self.options = options if options is not None else _default_options()
 
     @property
     def run_config(self) -> ScriptRunConfig:

@@ -54,6 +54,7 @@ from corral import (
     ProcessNotFoundError,
 )
 from corral import _guardian as guardian_module
+from corral import _platform as platform_module
 
 T = TypeVar("T")
 
@@ -344,6 +345,27 @@ async def test_send_signal_errors(manager: ProcessManagerHandle) -> None:
 
 
 # --- a child ending on its own --------------------------------------------------------------------
+
+
+async def test_exits_are_seen_without_pidfds_too(
+    manager: ProcessManagerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where pidfds are missing, a thread per child waits for it; the guardian still forgets each
+    group before the reap."""
+    monkeypatch.setattr(platform_module, "HAS_PIDFD", False)
+    threads = threading.active_count()
+    sleeping = await manager.spawn(sleep_cmd(300))
+    assert threading.active_count() == threads + 1  # the thread waiting for it
+    exiting = await manager.spawn(Cmd("sh", ["-c", "exit 3"]))
+    exited = await manager.wait(exiting, TIMEOUT)
+    assert exited.exit_status == ExitStatus(3, None, False)
+    terminated = await bounded(manager.terminate(sleeping))
+    assert terminated.exit_status == TERMINATED
+    assert_no_zombie()
+    registered = guardian_module._GUARDIAN._groups
+    assert exited.pid not in registered
+    assert terminated.pid not in registered
+    await asyncio.gather(*(bounded(manager.kill(i)) for i in (sleeping, exiting)))
 
 
 async def test_child_exiting_on_its_own_is_reaped_promptly(

@@ -9,7 +9,9 @@ data dir the baseline does not have. Their removal (``kill`` after the wait) is 
 "full cycle" (spawn+wait+kill), so that both figures are visible. Rounds alternate between the
 ways so that a noisy neighbour hurts them alike; the best round of each is reported, and next to
 it the median of the ratios of the rounds (corral's rate over the baseline's in the same round),
-which a lucky round of either side moves less.
+which a lucky round of either side moves less. The order of the ways, the baseline's included,
+rotates from round to round: measured here, whichever way ran first after a change of way was
+3-7% slower than the same way run again, even after a pause, so a fixed order favours some ways.
 
 The process dirs go to a tmpfs (``/dev/shm``) when there is one, unless ``--working-dir`` says
 otherwise: on a thin-provisioned VM disk, growing a directory costs ~0.5 ms per entry, which
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import functools
 import os
 import shutil
 import signal
@@ -97,7 +100,7 @@ async def full_cycle(handle: ProcessManagerHandle, count: int, concurrency: int)
 
 
 async def main(count: int, rounds: int, levels: list[int], parent: str) -> None:
-    print(f"spawn+wait of {TRUE}: {count} per round, best of {rounds} alternating rounds")
+    print(f"spawn+wait of {TRUE}: {count} per round, best of {rounds} rotating rounds")
     working_dir = tempfile.mkdtemp(prefix="corral-bench-", dir=parent)
     print(f"process dirs in {working_dir}")
     try:
@@ -110,14 +113,22 @@ async def _compare(working_dir: str, count: int, rounds: int, levels: list[int])
     async with ProcessManager.spawn(working_dir) as handle:
         await handle.spawn(Cmd(TRUE))  # the guardian starts once, outside the timing
         for concurrency in levels:
-            base: list[float] = []
-            ours: dict[str, list[float]] = {name: [] for name in VARIANTS}
-            full: list[float] = []
-            for _ in range(rounds):
-                base.append(await baseline(count, concurrency))
-                for name, (options, _) in VARIANTS.items():
-                    ours[name].append(await through_corral(handle, count, concurrency, options))
-                full.append(await full_cycle(handle, count, concurrency))
+            ways: dict[str, Callable[[], Awaitable[float]]] = {
+                "asyncio": functools.partial(baseline, count, concurrency),
+                **{
+                    name: functools.partial(through_corral, handle, count, concurrency, options)
+                    for name, (options, _) in VARIANTS.items()
+                },
+                "full cycle": functools.partial(full_cycle, handle, count, concurrency),
+            }
+            rates: dict[str, list[float]] = {name: [] for name in ways}
+            order = list(ways)
+            for round_number in range(rounds):
+                shift = round_number % len(order)
+                for name in order[shift:] + order[:shift]:
+                    rates[name].append(await ways[name]())
+            base, full = rates["asyncio"], rates["full cycle"]
+            ours = {name: rates[name] for name in VARIANTS}
             print(f"  concurrency {concurrency}: asyncio {max(base):6.0f}/s")
             for name, (_, target) in VARIANTS.items():
                 ratio = max(ours[name]) / max(base)
@@ -142,7 +153,7 @@ def spawn_paths(count: int) -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
     def popen(argv: list[str], **extra: Any) -> None:
-        std = {"stdin": devnull, "stdout": devnull, "stderr": devnull}
+        std: dict[str, Any] = {"stdin": devnull, "stdout": devnull, "stderr": devnull}
         subprocess.Popen(argv, process_group=0, **std, **extra).wait()
 
     def posix_spawn() -> None:

@@ -24,6 +24,7 @@ import tempfile
 import textwrap
 import threading
 import time
+import warnings
 from collections.abc import AsyncGenerator, Awaitable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar, cast
@@ -612,6 +613,48 @@ def test_the_guardian_reads_a_grown_table(tmp_path: Path) -> None:
             sleeper.kill()
             sleeper.wait()
         table.close()
+
+
+def table_groups() -> set[int]:
+    """The group ids in this process's guardian table."""
+    table = guardian_module._GUARDIAN._table
+    assert table is not None
+    blob = os.pread(table.fd, os.fstat(table.fd).st_size, 0)
+    entry = guardian_module._ENTRY
+    groups = {
+        int.from_bytes(blob[i : i + 4], "little", signed=True) for i in range(0, len(blob), entry)
+    }
+    return groups - {0}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+async def test_a_forked_child_has_a_guardian_and_a_table_of_its_own(
+    manager: ProcessManagerHandle,
+) -> None:
+    await warm_up(manager)  # this process's guardian and table exist
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():  # forking with threads running (3.12+ warns about it)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        child = os.fork()
+    if child == 0:  # pragma: no cover - the forked child
+        try:
+            os.close(read_end)
+            sleeper = subprocess.Popen(["sleep", "300"], process_group=0)
+            guardian_module.register_group(sleeper.pid)
+            os.write(write_end, b"%d\n" % sleeper.pid)
+        finally:
+            os._exit(0)  # its guardian sees EOF: the sleeper dies with it
+    os.close(write_end)
+    try:
+        line = await read_line(read_end, TIMEOUT)
+    finally:
+        os.close(read_end)
+        await wait_exited(child)
+        os.waitpid(child, 0)
+    sleeper = int(line)
+    assert sleeper not in table_groups()  # registered in the child's table, not in ours
+    await wait_exited(sleeper)  # killed by the child's guardian when the child exited
+    assert len(guardians_of_self()) == 1
 
 
 #: A parent program: a manager on argv[1] (or its own temp dir when empty) with 20 children,

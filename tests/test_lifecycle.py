@@ -574,7 +574,9 @@ async def test_spawns_and_reaps_do_not_wake_the_guardian(manager: ProcessManager
         await bounded(manager.wait(process_id))
         await bounded(manager.kill(process_id))
     await bounded(manager.kill(await manager.spawn(sleep_cmd(300))))
-    assert status_field(guardian, "voluntary_ctxt_switches") == woken
+    # If the guardian was still starting, it may yet block in its first reads, once or twice;
+    # a wake-up per spawn would be at least 20.
+    assert int(status_field(guardian, "voluntary_ctxt_switches")) - int(woken) <= 2
 
 
 def test_the_guardian_reads_a_grown_table(tmp_path: Path) -> None:

@@ -333,10 +333,7 @@ class ProcessManager:
         envelope.on_cancel(withdraw)
 
     def _on_wait(self, envelope: Envelope[Any], process: ManagedProcess) -> None:
-        if process.exited.done():
-            envelope.resolve(process.exited.result())
-        else:
-            process.exited.add_done_callback(lambda done: envelope.resolve(done.result()))
+        process.when_down(envelope.resolve)
 
     def _on_kill(self, envelope: Envelope[Any], process_id: ProcessId) -> None:
         process = self._processes.pop(process_id, None)

@@ -146,6 +146,7 @@ class ManagedProcess:
         self._gave_up: str | None = None
         #: Resolved with the final :class:`ProcessInfo` once the process is down for good.
         self.exited: asyncio.Future[ProcessInfo] = loop.create_future()
+        self._waiters: list[Callable[[ProcessInfo], None]] = []
         # In a working dir of the user's, the guardian removes this dir if the parent dies; a
         # working dir corral made is removed whole, this one with it.
         self._guard_dir = guard_dir
@@ -279,8 +280,24 @@ class ManagedProcess:
                 self.broadcast.close()
             else:  # still draining the last run's pipe: it ends the streams when done
                 reader.close_broadcast = True
-        if not self.exited.done():
-            self.exited.set_result(self.info())
+        self._set_exited()
+
+    def when_down(self, callback: Callable[[ProcessInfo], None]) -> None:
+        """Call ``callback`` with the final info once the process is down for good (at once if it
+        is): in the same loop turn, where a callback on :attr:`exited` would wait for the next."""
+        if self.exited.done():
+            callback(self.exited.result())
+        else:
+            self._waiters.append(callback)
+
+    def _set_exited(self) -> None:
+        if self.exited.done():
+            return
+        info = self.info()
+        self.exited.set_result(info)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter(info)
 
     # --- stopping -------------------------------------------------------------------------
 
@@ -333,9 +350,8 @@ class ManagedProcess:
         """SIGKILL the group and reap the child synchronously (shutdown without a running loop)."""
         self._cancel_restarts()
         self._run.reap_blocking()
-        if not self.exited.done():
-            with contextlib.suppress(RuntimeError):  # the future's loop may be closed
-                self.exited.set_result(self.info())
+        with contextlib.suppress(RuntimeError):  # the future's loop may be closed
+            self._set_exited()
 
     def close(self) -> None:
         """Release what the parent holds for the process (fds, watchers) and delete its dir."""

@@ -35,6 +35,7 @@ from ._errors import (
 from ._handle import ProcessManagerHandle
 from ._logs import LogFile, LogsQuery
 from ._model import ProcessId
+from ._platform import ExitWatcher
 from ._process import ManagedProcess
 from ._requests import (
     Abort,
@@ -122,6 +123,7 @@ class ProcessManager:
         self._closed = False  # no new requests
         self._released = False  # every child reaped, every resource released
         self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        self._exits = ExitWatcher(loop)
         self._events = EventBroadcast(_EVENT_CAPACITY, loop)
         self._paced: collections.deque[Callable[[], None]] = collections.deque()
         self._spawned_this_turn = False
@@ -294,7 +296,7 @@ class ProcessManager:
         process = ManagedProcess(
             process_id,
             child,
-            self.loop,
+            self._exits,
             respawn,
             self._pace,
             self._events.publish,
@@ -394,6 +396,7 @@ class ProcessManager:
         for process in processes:
             process.close()
         self._dying.clear()
+        self._exits.close()
         self._events.close()
         while not self._queue.empty():
             envelope = self._queue.get_nowait()

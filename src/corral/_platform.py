@@ -1,9 +1,12 @@
 """What differs per platform, behind one small interface: how the manager learns a child exited.
 
-On Linux (5.3+) each child gets a pidfd (``os.pidfd_open``) watched by the event loop's reader:
-no thread, no polling, no SIGCHLD handler, and thousands of children cost one fd each. Elsewhere
-(macOS, old kernels) a small daemon thread per child blocks in ``waitpid`` and hands the status
-back with ``call_soon_threadsafe`` (what asyncio's ``ThreadedChildWatcher`` does too).
+On Linux (5.3+) each child gets a pidfd (``os.pidfd_open``): no thread, no polling, no SIGCHLD
+handler, and thousands of children cost one fd each. A manager's pidfds go into one epoll of its
+own, which the event loop watches with a single reader: a spawn and an exit then cost an
+``epoll_ctl`` each (about 1.4 µs the pair, measured) instead of the loop's ``add_reader`` and
+``remove_reader`` (about 6 µs), and the loop's selector holds one fd however many children run.
+Elsewhere (macOS, old kernels) a small daemon thread per child blocks in ``waitpid`` and hands the
+status back with ``call_soon_threadsafe`` (what asyncio's ``ThreadedChildWatcher`` does too).
 
 Reaping goes through ``Popen.poll()`` / ``Popen.wait()`` so that ``Popen`` knows the child is
 gone and never signals or waits on a pid that could have been reused.
@@ -14,11 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import subprocess
 import threading
 from collections.abc import Callable
 
-__all__ = ["HAS_PIDFD", "ExitWatch", "watch_exit"]
+__all__ = ["HAS_PIDFD", "ExitWatch", "ExitWatcher"]
 
 
 def _probe_pidfd() -> bool:
@@ -49,50 +53,93 @@ class ExitWatch:
             cancel()
 
 
-def watch_exit(
-    loop: asyncio.AbstractEventLoop,
-    popen: subprocess.Popen[bytes],
-    on_exit: Callable[[int], None],
-    before_reap: Callable[[], None],
-) -> ExitWatch:
-    """Call ``on_exit(returncode)`` on ``loop`` once the child has exited and been reaped.
+class ExitWatcher:
+    """Learns of the exits of one manager's children, on the manager's loop."""
 
-    ``before_reap()`` runs after the exit but before the reap, while the zombie still holds its
-    pid and process group id: signalling the group then cannot hit an unrelated one.
-    """
-    if HAS_PIDFD:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._epoll: select.epoll | None = None
+        self._on_ready: dict[int, Callable[[], None]] = {}  # pidfd -> its watch's callback
+        if HAS_PIDFD:  # now, as the manager's other fds: one it holds for its whole life
+            with contextlib.suppress(OSError):  # out of fds: tried again on the first spawn
+                self._open()
+
+    def _open(self) -> select.epoll:
+        epoll = select.epoll()
         try:
-            return _watch_pidfd(loop, popen, on_exit, before_reap)
-        except OSError:  # e.g. out of fds: still correct, just costlier
-            pass
-    return _watch_thread(loop, popen, on_exit, before_reap)
+            self.loop.add_reader(epoll.fileno(), self._ready)
+        except BaseException:
+            epoll.close()
+            raise
+        self._epoll = epoll
+        return epoll
 
+    def watch(
+        self,
+        popen: subprocess.Popen[bytes],
+        on_exit: Callable[[int], None],
+        before_reap: Callable[[], None],
+    ) -> ExitWatch:
+        """Call ``on_exit(returncode)`` on the loop once the child has exited and been reaped.
 
-def _watch_pidfd(
-    loop: asyncio.AbstractEventLoop,
-    popen: subprocess.Popen[bytes],
-    on_exit: Callable[[int], None],
-    before_reap: Callable[[], None],
-) -> ExitWatch:
-    # The child is not reaped yet, so its pid cannot have been reused: the pidfd is the child's.
-    pidfd = os.pidfd_open(popen.pid)
+        ``before_reap()`` runs after the exit but before the reap, while the zombie still holds
+        its pid and process group id: signalling the group then cannot hit an unrelated one.
+        """
+        if HAS_PIDFD:
+            try:
+                return self._watch_pidfd(popen, on_exit, before_reap)
+            except OSError:  # e.g. out of fds: still correct, just costlier
+                pass
+        return _watch_thread(self.loop, popen, on_exit, before_reap)
 
-    def cancel() -> None:
-        with contextlib.suppress(Exception):  # the loop may already be closed
-            loop.remove_reader(pidfd)
-        os.close(pidfd)
+    def _watch_pidfd(
+        self,
+        popen: subprocess.Popen[bytes],
+        on_exit: Callable[[int], None],
+        before_reap: Callable[[], None],
+    ) -> ExitWatch:
+        epoll = self._epoll if self._epoll is not None else self._open()
+        # The child is not reaped yet, so its pid cannot have been reused: the pidfd is its own.
+        pidfd = os.pidfd_open(popen.pid)
+        try:
+            epoll.register(pidfd, select.EPOLLIN)
+        except BaseException:
+            os.close(pidfd)
+            raise
 
-    watch = ExitWatch(cancel)
+        def cancel() -> None:
+            del self._on_ready[pidfd]
+            with contextlib.suppress(OSError, ValueError):  # ValueError: the epoll is closed
+                epoll.unregister(pidfd)
+            os.close(pidfd)
 
-    def readable() -> None:
-        before_reap()  # a readable pidfd means exited, not yet reaped
-        returncode = popen.poll()
-        if returncode is not None:
-            watch.cancel()
-            on_exit(returncode)
+        watch = ExitWatch(cancel)
 
-    loop.add_reader(pidfd, readable)
-    return watch
+        def readable() -> None:
+            before_reap()  # a readable pidfd means exited, not yet reaped
+            returncode = popen.poll()
+            if returncode is not None:
+                watch.cancel()
+                on_exit(returncode)
+
+        self._on_ready[pidfd] = readable
+        return watch
+
+    def _ready(self) -> None:
+        if self._epoll is None:
+            return
+        for pidfd, _ in self._epoll.poll(0):  # level-triggered: more than a poll's worth waits
+            callback = self._on_ready.get(pidfd)
+            if callback is not None:  # an earlier callback may have cancelled this watch
+                callback()
+
+    def close(self) -> None:
+        """Stop watching (every watch should be cancelled already); release the epoll."""
+        epoll, self._epoll = self._epoll, None
+        if epoll is not None:
+            with contextlib.suppress(Exception):  # the loop may already be closed
+                self.loop.remove_reader(epoll.fileno())
+            epoll.close()
 
 
 def _watch_thread(

@@ -4,8 +4,9 @@ A :class:`ManagedProcess` is owned by the manager's actor and only touched on th
 loop. What lasts for the life of the process (id, dir, log files, the message broadcast, the
 restart history) lives here; what belongs to one run of the child (the OS process, its exit
 watch, its pipes' reader and writer) lives in a :class:`_Run`. Without a restart policy there is
-exactly one run. The process learns of each exit through :func:`corral._platform.watch_exit`,
-restarts per its policy, and releases everything it holds in :meth:`close`.
+exactly one run. The process learns of each exit through the manager's
+:class:`corral._platform.ExitWatcher`, restarts per its policy, and releases everything it holds
+in :meth:`close`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from . import _guardian as guardian
 from ._errors import SpawnProcessError
 from ._logs import LogFile
 from ._model import Cmd, ExitStatus, ProcessId, ProcessInfo, RestartMode
-from ._platform import ExitWatch, watch_exit
+from ._platform import ExitWatch, ExitWatcher
 from ._spawn import SpawnedChild, remove_process_dir
 from ._streams import Broadcast, MessageReader, MessageWriter
 from ._supervision import EventKind, ProcessEvent, RestartTracker
@@ -39,7 +40,7 @@ class _Run:
     def __init__(
         self,
         child: SpawnedChild,
-        loop: asyncio.AbstractEventLoop,
+        exits: ExitWatcher,
         process_id: ProcessId,
         broadcast: Broadcast | None,
         on_exit: Callable[[_Run, int], None],
@@ -53,14 +54,12 @@ class _Run:
         self.writer: MessageWriter | None = None
         self.reader: MessageReader | None = None
         if child.message_in is not None:
-            self.writer = MessageWriter(child.message_in, process_id=process_id, loop=loop)
+            self.writer = MessageWriter(child.message_in, process_id=process_id, loop=exits.loop)
         if child.message_out is not None and broadcast is not None:
             self.reader = MessageReader(child.message_out, broadcast)
         guardian.register_group(self.pid, guard_dir)
         self._on_exit = on_exit
-        self.watch: ExitWatch | None = watch_exit(
-            loop, child.popen, self._exited, self._before_reap
-        )
+        self.watch: ExitWatch | None = exits.watch(child.popen, self._exited, self._before_reap)
 
     def _before_reap(self) -> None:
         # The leader exited: from the reap on, its id may name another group. The guardian must
@@ -116,7 +115,7 @@ class ManagedProcess:
         self,
         process_id: ProcessId,
         child: SpawnedChild,
-        loop: asyncio.AbstractEventLoop,
+        exits: ExitWatcher,
         respawn: Callable[[], SpawnedChild],
         pace: Callable[[Callable[[], None]], None],
         emit: Callable[[ProcessEvent], None],
@@ -125,7 +124,8 @@ class ManagedProcess:
         self.id = process_id
         self.cmd: Cmd = child.cmd
         self.process_dir = child.process_dir
-        self._loop = loop
+        self._exits = exits
+        self._loop = loop = exits.loop
         self._respawn = respawn
         self._pace = pace
         self._emit = emit
@@ -203,7 +203,7 @@ class ManagedProcess:
     def _start_run(self, child: SpawnedChild, guard_dir: Path | None = None) -> _Run:
         """Start watching a new run; ``guard_dir``: the process dir, for the guardian to remove
         if the parent dies (registered with the first run's group, in one message)."""
-        run = _Run(child, self._loop, self.id, self.broadcast, self._on_exit, guard_dir)
+        run = _Run(child, self._exits, self.id, self.broadcast, self._on_exit, guard_dir)
         if run.reader is not None and self._tracker.policy.mode is not RestartMode.NEVER:
             # A restart may follow, and the end of this run's output (a pipe's EOF comes before
             # the exit is seen) must not end the streams: _go_down does, when down for good.

@@ -586,8 +586,10 @@ def test_the_guardian_reads_a_grown_table(tmp_path: Path) -> None:
     work.mkdir()
     sleepers = [subprocess.Popen(["sleep", "300"], process_group=0) for _ in range(3)]
     try:
-        filler = [table.add(0) for _ in range(guardian_module._FIRST_ENTRIES + 100)]
-        table.clear(filler[10], 0)  # freed: the first sleeper's entry reuses it, the rest are new
+        # Dirs that do not exist (the guardian's rmtree finds nothing): no group to kill.
+        count = guardian_module._FIRST_ENTRIES + 100
+        filler = [table.add(0, 1, b"absent-%d" % n) for n in range(count)]
+        table.clear(filler[10], 4)  # freed: the first sleeper's entry reuses it, the rest are new
         live_dirs, dead_dirs = [], []
         for n, sleeper in enumerate(sleepers):
             live_dirs.append(work / f"live-{n}")

@@ -160,7 +160,10 @@ def _new_table_fd() -> int:
 
 
 class _Table:
-    """The parent's side of the shared table: entries, their free list, and what is in each."""
+    """The parent's side of the shared table: its entries and their free list.
+
+    An entry is in use while its group or its dir is set: the table itself says which.
+    """
 
     def __init__(self) -> None:
         self.fd = _new_table_fd()
@@ -169,7 +172,6 @@ class _Table:
         self._map = mmap.mmap(self.fd, self._capacity * _ENTRY)
         self._used = 0
         self._free: list[int] = []
-        self._fields: dict[int, int] = {}  # entry -> how many of its fields are set
 
     def add(self, group: int, parent: int = 0, name: bytes = b"") -> int:
         if self._free:
@@ -182,15 +184,16 @@ class _Table:
         self._map[offset + _HEAD.size : offset + _HEAD.size + len(name)] = name
         _HEAD.pack_into(self._map, offset, 0, parent, len(name))
         _INT.pack_into(self._map, offset, group)  # last: the entry counts from here
-        self._fields[index] = 1 + (parent != 0)
         return index
 
     def clear(self, index: int, field: int) -> None:
         """Clear field 0 (the group) or 4 (the dir) of entry ``index``; free it when empty."""
-        _INT.pack_into(self._map, index * _ENTRY + field, 0)
-        self._fields[index] -= 1
-        if not self._fields[index]:
-            del self._fields[index]
+        offset = index * _ENTRY
+        if not _INT.unpack_from(self._map, offset + field)[0]:
+            return  # cleared already: the entry must not be freed twice
+        _INT.pack_into(self._map, offset + field, 0)
+        group, parent, _ = _HEAD.unpack_from(self._map, offset)
+        if not group and not parent:
             self._free.append(index)
 
     def _grow(self) -> None:

@@ -131,7 +131,7 @@ def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def _stat_fields(pid: int | str) -> list[str] | None:
+def stat_fields(pid: int | str) -> list[str] | None:
     """The fields of ``/proc/<pid>/stat`` from the state on (None when there is no such process)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -144,7 +144,7 @@ def _stat_fields(pid: int | str) -> list[str] | None:
 
 def proc_stat(pid: int) -> tuple[str, int] | None:
     """The state letter and start time of ``pid`` (None when there is no such process)."""
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     if fields is None:
         return None
     return fields[0], int(fields[19])
@@ -152,7 +152,7 @@ def proc_stat(pid: int) -> tuple[str, int] | None:
 
 def parent_of(pid: int) -> int:
     """The parent pid of a process that exists."""
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     assert fields is not None, f"process {pid} does not exist"
     return int(fields[1])
 
@@ -183,7 +183,7 @@ def children_of(pid: int) -> set[int]:
     children: set[int] = set()
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            fields = _stat_fields(entry)
+            fields = stat_fields(entry)
             if fields is not None and int(fields[1]) == pid:
                 children.add(int(entry))
     return children

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import pid_alive
+from conftest import pid_alive, stat_fields
 
 from corral._cli_run import load_specs
 from corral.cli import main
@@ -154,15 +154,10 @@ def session_members(session: int) -> list[int]:
     """Live processes of ``session`` (zombies left to init do not count)."""
     members = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == session and fields[0] not in ("Z", "X"):
-            members.append(int(entry))
+        if entry.isdigit():
+            fields = stat_fields(entry)
+            if fields is not None and int(fields[3]) == session and fields[0] not in ("Z", "X"):
+                members.append(int(entry))
     return members
 
 

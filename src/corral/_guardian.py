@@ -64,6 +64,8 @@ _ENTRY = 64
 _HEAD = struct.Struct("<iiB")
 _NAME_MAX = _ENTRY - _HEAD.size
 _INT = struct.Struct("<i")
+#: All of an entry but its group: written in one store, before the group.
+_BODY = struct.Struct(f"<iB{_NAME_MAX}s")
 _FIRST_ENTRIES = 1024
 
 #: Signals the guardian ignores: it must outlive whatever stops the parent, to clean up after it.
@@ -145,7 +147,7 @@ def _line(sign: bytes, record: bytes) -> bytes:
     return record[:1] + sign + record[1:] + b"\n"
 
 
-def _hex(path: Path) -> bytes:
+def _hex(path: str | Path) -> bytes:
     return os.fsencode(path).hex().encode()
 
 
@@ -181,8 +183,8 @@ class _Table:
                 self._grow()
             index, self._used = self._used, self._used + 1
         offset = index * _ENTRY
-        self._map[offset + _HEAD.size : offset + _HEAD.size + len(name)] = name
-        _HEAD.pack_into(self._map, offset, 0, parent, len(name))
+        # A free entry's group is 0 already: the guardian skips it until the group is written.
+        _BODY.pack_into(self._map, offset + _INT.size, parent, len(name), name)
         _INT.pack_into(self._map, offset, group)  # last: the entry counts from here
         return index
 
@@ -217,8 +219,9 @@ class _Guardian:
         self._process: subprocess.Popen[bytes] | None = None
         self._table: _Table | None = None
         self._groups: dict[int, int] = {}  # group id -> table entry
-        self._process_dirs: dict[Path, int] = {}  # process dir -> table entry
-        self._parents: dict[Path, int] = {}  # parent of process dirs -> its index (from 1)
+        # Keyed by str: a str keeps its hash, a Path's parent is a new object to hash each time.
+        self._process_dirs: dict[str, int] = {}  # process dir -> table entry
+        self._parents: dict[str, int] = {}  # parent of process dirs -> its index (from 1)
         # What went through the pipe and still holds, for a restarted guardian: b"P<index>
         # <hex>" and b"D<hex>" (a dir to remove).
         self._records: set[bytes] = set()
@@ -282,7 +285,7 @@ class _Guardian:
         if self._fd >= 0:
             self._write(_line(sign, record))
 
-    def _parent_index(self, parent: Path) -> int:
+    def _parent_index(self, parent: str) -> int:
         index = self._parents.get(parent)
         if index is None:
             index = self._parents[parent] = len(self._parents) + 1
@@ -294,15 +297,19 @@ class _Guardian:
             table = self._ensure_started()
             if table is None:
                 return
-            name = os.fsencode(process_dir.name) if process_dir is not None else b""
-            if process_dir is None or not 0 < len(name) <= _NAME_MAX:
+            if process_dir is None:
                 self._groups[group] = table.add(group)
-                if process_dir is not None:  # a name too long for an entry: by the pipe
-                    self._tell(b"+", b"D" + _hex(process_dir))
                 return
-            index = table.add(group, self._parent_index(process_dir.parent), name)
+            path = os.fspath(process_dir)
+            parent, _, name = path.rpartition(os.sep)
+            encoded = os.fsencode(name)
+            if not parent or not 0 < len(encoded) <= _NAME_MAX:
+                self._groups[group] = table.add(group)
+                self._tell(b"+", b"D" + _hex(path))  # a name too long for an entry: by the pipe
+                return
+            index = table.add(group, self._parent_index(parent), encoded)
             self._groups[group] = index
-            self._process_dirs[process_dir] = index
+            self._process_dirs[path] = index
 
     def remove_group(self, group: int) -> None:
         with self._lock:
@@ -312,7 +319,7 @@ class _Guardian:
 
     def remove_process_dir(self, process_dir: Path) -> None:
         with self._lock:
-            index = self._process_dirs.pop(process_dir, None)
+            index = self._process_dirs.pop(os.fspath(process_dir), None)
             if index is not None and self._table is not None:
                 self._table.clear(index, 4)
             else:

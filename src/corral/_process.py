@@ -26,7 +26,7 @@ from ._model import Cmd, ExitStatus, ProcessId, ProcessInfo, RestartMode
 from ._platform import ExitWatch, ExitWatcher
 from ._spawn import SpawnedChild, remove_process_dir
 from ._streams import Broadcast, MessageReader, MessageWriter
-from ._supervision import EventKind, ProcessEvent, RestartTracker
+from ._supervision import EventKind, EventRecord, RestartTracker
 
 __all__ = ["ManagedProcess"]
 
@@ -43,7 +43,7 @@ class _Run:
         exits: ExitWatcher,
         process_id: ProcessId,
         broadcast: Broadcast | None,
-        on_exit: Callable[[_Run, int], None],
+        on_exit: Callable[[_Run, ExitStatus], None],
         guard_dir: Path | None,
     ) -> None:
         self.popen = child.popen
@@ -73,8 +73,8 @@ class _Run:
     def _exited(self, returncode: int) -> None:
         guardian.unregister_group(self.pid)  # where the exit was only seen with the reap
         self.watch = None
-        self.exit_status = ExitStatus.from_returncode(returncode)
-        self._on_exit(self, returncode)
+        self.exit_status = status = ExitStatus.from_returncode(returncode)
+        self._on_exit(self, status)
 
     def signal_group(self, sig: int) -> None:
         """Send ``sig`` to the group, while the child is not reaped (after, the id is not ours)."""
@@ -118,7 +118,7 @@ class ManagedProcess:
         exits: ExitWatcher,
         respawn: Callable[[], SpawnedChild],
         pace: Callable[[Callable[[], None]], None],
-        emit: Callable[[ProcessEvent], None],
+        emit: Callable[[EventRecord], None],
         guard_dir: bool,
     ) -> None:
         self.id = process_id
@@ -185,17 +185,13 @@ class ManagedProcess:
             gave_up_reason=self._gave_up,
         )
 
-    def _event(self, kind: EventKind, **details: object) -> None:
+    def _event(
+        self, kind: EventKind, delay: float | None = None, reason: str | None = None
+    ) -> None:
+        run = self._run
+        now = time.monotonic()
         self._emit(
-            ProcessEvent(
-                kind,
-                self.id,
-                time.monotonic(),
-                pid=self.pid,
-                exit_status=self.exit_status,
-                restarts=self._tracker.restarts,
-                **details,  # type: ignore[arg-type]
-            )
+            (kind, self.id, now, run.pid, run.exit_status, self._tracker.restarts, delay, reason)
         )
 
     # --- runs and restarts ----------------------------------------------------------------
@@ -213,8 +209,7 @@ class ManagedProcess:
         self._event(EventKind.SPAWNED)
         return run
 
-    def _on_exit(self, run: _Run, returncode: int) -> None:
-        status = ExitStatus.from_returncode(returncode)
+    def _on_exit(self, run: _Run, status: ExitStatus) -> None:
         delay: float | None = None
         reason: str | None = None
         if not self._stopping:

@@ -20,7 +20,7 @@ from ._messages import Message
 from ._model import ExitStatus, ProcessId, RestartPolicy
 from ._streams import Broadcast, ItemStream
 
-__all__ = ["EventBroadcast", "EventKind", "ProcessEvent", "RestartTracker"]
+__all__ = ["EventBroadcast", "EventKind", "EventRecord", "ProcessEvent", "RestartTracker"]
 
 
 class EventKind(enum.Enum):
@@ -105,6 +105,13 @@ class RestartTracker:
         self.restarts += 1
 
 
+#: A :class:`ProcessEvent`'s fields, in order: what the manager publishes. Most events are
+#: never read (nobody subscribes), so the event itself is only built for a subscriber.
+EventRecord = tuple[
+    EventKind, ProcessId, float, int | None, ExitStatus | None, int, float | None, str | None
+]
+
+
 class EventBroadcast:
     """The manager's events, fanned out to its subscribers like a process's messages are.
 
@@ -116,10 +123,13 @@ class EventBroadcast:
     def __init__(self, capacity: int, loop: asyncio.AbstractEventLoop) -> None:
         self._broadcast = Broadcast(capacity, loop=loop)
 
-    def publish(self, event: ProcessEvent) -> None:
-        """Hand ``event`` to every subscriber (dropped if nobody ever subscribes)."""
-        with contextlib.suppress(RuntimeError):  # at interpreter exit the loop may be closed
-            self._broadcast.try_publish(cast(Message, event))
+    def publish(self, record: EventRecord) -> None:
+        """Hand an event to every subscriber (dropped if nobody ever subscribes)."""
+        # try, not suppress(): this runs twice per spawn, a context manager costs an object.
+        try:  # noqa: SIM105
+            self._broadcast.try_publish(cast(Message, record))
+        except RuntimeError:  # at interpreter exit the loop may be closed
+            pass
 
     def subscribe(self) -> ItemStream[ProcessEvent]:
         """A new subscriber: the events from now on (the first one also gets those buffered)."""
@@ -132,4 +142,5 @@ class EventBroadcast:
 
 
 def _as_event(item: Message) -> ProcessEvent:
-    return cast(ProcessEvent, item)  # the buffer holds events, typed as what it usually holds
+    # The buffer holds records, typed as what it usually holds.
+    return ProcessEvent(*cast(EventRecord, item))

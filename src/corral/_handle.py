@@ -138,7 +138,9 @@ class ProcessManagerHandle:
 
     def _post(self, envelope: Envelope[Any]) -> None:
         mailbox = self._mailbox
-        if running_loop() is mailbox.loop:
+        caller = envelope.loop  # the running loop, when a reply is awaited
+        if (caller if caller is not None else running_loop()) is mailbox.loop:
+            envelope.local = True
             mailbox.deliver(envelope)
             return
         try:
@@ -198,6 +200,8 @@ class ProcessManagerHandle:
         Driven by the exit event, not by polling. After ``timeout`` seconds raises
         ``TimeoutError`` and leaves the process running.
         """
+        if timeout is None:
+            return await self._call(Wait(process_id))
         # asyncio.timeout, not wait_for: the request is posted right now, in this task, so a
         # wait issued before a kill is handled before it.
         async with asyncio.timeout(timeout):

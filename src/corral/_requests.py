@@ -195,7 +195,7 @@ class Envelope(Generic[T]):
     whose id nobody will ever know.
     """
 
-    __slots__ = ("loop", "orphan", "reply", "request")
+    __slots__ = ("local", "loop", "orphan", "reply", "request")
 
     def __init__(
         self,
@@ -208,6 +208,8 @@ class Envelope(Generic[T]):
         self.reply = reply
         self.loop = loop
         self.orphan = orphan
+        #: Posted on the manager's own loop: the reply, sent from there too, is set directly.
+        self.local = False
 
     @property
     def abandoned(self) -> bool:
@@ -250,7 +252,7 @@ class Envelope(Generic[T]):
         reply, loop = self.reply, self.loop
         if reply is None or loop is None:
             return True
-        if running_loop() is loop:
+        if self.local or running_loop() is loop:
             setter(reply, value)
             return True
         try:

@@ -13,6 +13,12 @@ which a lucky round of either side moves less. The order of the ways, the baseli
 rotates from round to round: measured here, whichever way ran first after a change of way was
 3-7% slower than the same way run again, even after a pause, so a fixed order favours some ways.
 
+Each way's CPU per spawn+wait is printed too (medians of the rounds): this process's, every
+thread included (asyncio's per-child threads), and the children's own. On a small VM whose
+kernel keeps a parent and the child it just started on one vCPU, a spawn+wait one at a time
+takes the child's CPU plus the parent's, whatever the parent does with the other vCPU; the CPU
+figures then say what each way costs more steadily than its rate does.
+
 The process dirs go to a tmpfs (``/dev/shm``) when there is one, unless ``--working-dir`` says
 otherwise: on a thin-provisioned VM disk, growing a directory costs ~0.5 ms per entry, which
 would measure the disk rather than corral. Pass ``--working-dir /tmp`` to see that cost.
@@ -27,6 +33,7 @@ import asyncio
 import ctypes
 import functools
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -34,7 +41,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from corral import (
     Cmd,
@@ -48,17 +55,38 @@ from corral import (
 TRUE = shutil.which("true") or "/bin/true"
 
 
-async def _in_batches(count: int, concurrency: int, one: Callable[[], Awaitable[None]]) -> float:
-    started = time.perf_counter()
+class Round(NamedTuple):
+    """One way's round: spawns per second, and CPU per spawn in microseconds."""
+
+    rate: float
+    #: This process, every thread (asyncio's per-child threads included).
+    parent_cpu: float
+    #: The children themselves (exec, run, exit).
+    child_cpu: float
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _in_batches(count: int, concurrency: int, one: Callable[[], Awaitable[None]]) -> Round:
+    started, cpu, child_cpu = time.perf_counter(), time.process_time(), _children_cpu()
     remaining = count
     while remaining:
         batch = min(concurrency, remaining)
         await asyncio.gather(*(one() for _ in range(batch)))
         remaining -= batch
-    return count / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    per_spawn = 1e6 / count
+    return Round(
+        count / elapsed,
+        (time.process_time() - cpu) * per_spawn,
+        (_children_cpu() - child_cpu) * per_spawn,
+    )
 
 
-async def baseline(count: int, concurrency: int) -> float:
+async def baseline(count: int, concurrency: int) -> Round:
     async def one() -> None:
         proc = await asyncio.create_subprocess_exec(
             TRUE, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -77,7 +105,7 @@ VARIANTS: dict[str, tuple[CmdOptions, float]] = {
 
 async def through_corral(
     handle: ProcessManagerHandle, count: int, concurrency: int, options: CmdOptions
-) -> float:
+) -> Round:
     ids: list[ProcessId] = []
 
     async def one() -> None:
@@ -85,12 +113,12 @@ async def through_corral(
         await handle.wait(process_id)
         ids.append(process_id)
 
-    rate = await _in_batches(count, concurrency, one)
+    measured = await _in_batches(count, concurrency, one)
     await asyncio.gather(*(handle.kill(i) for i in ids))  # release, outside the timing
-    return rate
+    return measured
 
 
-async def full_cycle(handle: ProcessManagerHandle, count: int, concurrency: int) -> float:
+async def full_cycle(handle: ProcessManagerHandle, count: int, concurrency: int) -> Round:
     async def one() -> None:
         process_id = await handle.spawn(Cmd(TRUE))
         await handle.wait(process_id)
@@ -113,7 +141,7 @@ async def _compare(working_dir: str, count: int, rounds: int, levels: list[int])
     async with ProcessManager.spawn(working_dir) as handle:
         await handle.spawn(Cmd(TRUE))  # the guardian starts once, outside the timing
         for concurrency in levels:
-            ways: dict[str, Callable[[], Awaitable[float]]] = {
+            ways: dict[str, Callable[[], Awaitable[Round]]] = {
                 "asyncio": functools.partial(baseline, count, concurrency),
                 **{
                     name: functools.partial(through_corral, handle, count, concurrency, options)
@@ -121,12 +149,13 @@ async def _compare(working_dir: str, count: int, rounds: int, levels: list[int])
                 },
                 "full cycle": functools.partial(full_cycle, handle, count, concurrency),
             }
-            rates: dict[str, list[float]] = {name: [] for name in ways}
+            measured: dict[str, list[Round]] = {name: [] for name in ways}
             order = list(ways)
             for round_number in range(rounds):
                 shift = round_number % len(order)
                 for name in order[shift:] + order[:shift]:
-                    rates[name].append(await ways[name]())
+                    measured[name].append(await ways[name]())
+            rates = {name: [r.rate for r in rounds_] for name, rounds_ in measured.items()}
             base, full = rates["asyncio"], rates["full cycle"]
             ours = {name: rates[name] for name in VARIANTS}
             print(f"  concurrency {concurrency}: asyncio {max(base):6.0f}/s")
@@ -142,6 +171,21 @@ async def _compare(working_dir: str, count: int, rounds: int, levels: list[int])
                 f"    corral, full cycle (spawn+wait+kill, no options) {max(full):6.0f}/s  "
                 f"ratio {max(full) / max(base):4.2f}"
             )
+            _print_cpu(measured)
+
+
+def _print_cpu(measured: dict[str, list[Round]]) -> None:
+    """CPU per spawn+wait (medians of the rounds): what the ways cost, whatever the scheduling."""
+    cpu = {
+        name: statistics.median(r.parent_cpu for r in rounds) for name, rounds in measured.items()
+    }
+    child = statistics.median(r.child_cpu for rounds in measured.values() for r in rounds)
+    base = cpu["asyncio"]
+    print(f"    CPU per spawn+wait, this process (all threads): asyncio {base:4.0f} us")
+    for name in VARIANTS:
+        ratio = base / cpu[name]
+        print(f"      corral, {name:<12} {cpu[name]:4.0f} us  asyncio's / corral's {ratio:4.2f}")
+    print(f"    CPU per spawn+wait, the child itself: {child:4.0f} us (median of every round)")
 
 
 def spawn_paths(count: int) -> None:

@@ -9,7 +9,9 @@ import shlex
 import shutil
 import signal
 import stat
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,8 @@ from conftest import (
     wait_exited,
     wait_fd_readable,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from corral import (
     INPUT_PIPE_ENV_NAME,
@@ -510,6 +514,85 @@ async def test_clear_envs_without_envs(manager: ProcessManagerHandle, tmp_path: 
     options = CmdOptions(clear_envs=True)
     await manager.wait(await manager.spawn(record_cmd(tmp_path / "out", options=options)))
     assert list(read_record(tmp_path / "out")["env"]) == [PROCESS_DATA_DIR_ENV_NAME]
+
+
+# --- a bare program name: the child's PATH, as exec searches it ---------------------------------
+
+PROGRAM = "corral-path-test-program"
+
+#: What a PATH entry holds: (the entry, what PROGRAM is there).
+ENTRY_KINDS = ["no dir", "empty", "script", "not executable", "a dir", "bad format", "relative"]
+
+
+def _make_entry(root: Path, index: int, kind: str) -> str:
+    """Lay out one PATH entry under ``root`` (the child's cwd); return the entry."""
+    entry = root / f"bin{index}"
+    if kind == "relative":
+        entry = root / f"rel{index}"
+    if kind != "no dir":
+        entry.mkdir()
+    program = entry / PROGRAM
+    if kind in ("script", "relative", "not executable"):
+        program.write_text(f'#!/bin/sh\necho {kind}{index} > "$OUT"\n')
+        program.chmod(0o644 if kind == "not executable" else 0o755)
+    elif kind == "a dir":
+        program.mkdir()
+    elif kind == "bad format":
+        program.write_bytes(b"\x7fELF but not really\n")
+        program.chmod(0o755)
+    return entry.name if kind == "relative" else str(entry)
+
+
+def _outcome_of_exec(path: str, root: Path) -> tuple[str, str]:
+    """What ``subprocess`` (exec's own PATH search) runs for PROGRAM: the oracle."""
+    out = root / "oracle.out"
+    env = {"PATH": path, "OUT": str(out)}
+    try:
+        subprocess.run([PROGRAM], env=env, cwd=root, check=True, timeout=TIMEOUT)
+    except OSError as exc:
+        return ("error", type(exc).__name__)
+    return ("ran", out.read_text().strip())
+
+
+async def _outcome_through_corral(path: str, root: Path) -> tuple[str, str]:
+    out = root / "corral.out"
+    options = CmdOptions(envs={"PATH": path, "OUT": str(out)}, current_dir=root)
+    async with ProcessManager.spawn(root) as handle:
+        try:
+            process_id = await handle.spawn(Cmd(PROGRAM, [], options))
+        except SpawnProcessError as exc:
+            return ("error", type(exc.__cause__).__name__)
+        info = await handle.wait(process_id, TIMEOUT)
+        assert info.exit_status == ExitStatus(0, None, True)
+        await handle.kill(process_id)
+    return ("ran", out.read_text().strip())
+
+
+@settings(max_examples=40, deadline=None)
+@given(kinds=st.lists(st.sampled_from(ENTRY_KINDS), min_size=1, max_size=4))
+def test_a_bare_name_runs_what_exec_would_find_in_the_childs_path(kinds: list[str]) -> None:
+    """The same file runs, or the same error is raised, as with exec's own search of PATH."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        path = os.pathsep.join(_make_entry(root, i, kind) for i, kind in enumerate(kinds))
+        expected = _outcome_of_exec(path, root)
+        assert asyncio.run(_outcome_through_corral(path, root)) == expected
+
+
+async def test_a_bare_name_keeps_its_name_as_argv0(
+    manager: ProcessManagerHandle, tmp_path: Path
+) -> None:
+    """Found in PATH by the parent, the program still gets the name it was given as argv[0]."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "corral-python").symlink_to(sys.executable)
+    out = tmp_path / "argv"
+    code = "import sys; open(sys.argv[1], 'w').write(sys.orig_argv[0])"
+    envs = {"PATH": f"{tmp_path / 'empty'}:{bin_dir}:{os.environ['PATH']}"}
+    cmd = Cmd("corral-python", ["-c", code, str(out)], CmdOptions(envs=envs))
+    info = await manager.wait(await manager.spawn(cmd), TIMEOUT)
+    assert info.exit_status == ExitStatus(0, None, True)
+    assert out.read_text() == "corral-python"
 
 
 async def test_process_data_dir_cannot_be_overridden(

@@ -341,8 +341,12 @@ class ProcessManager:
         process = self._processes.pop(process_id, None)
         if process is None:
             raise process_not_found(KillProcessError, process_id)
-        self._dying.add(process)
         process.kill()
+        if process.exited.done():  # it had exited already (the usual wait-then-kill): no task
+            process.close()
+            envelope.resolve(None)
+            return
+        self._dying.add(process)
         self._start(self._finish_kill(process, envelope))
 
     async def _query_log(

@@ -233,6 +233,8 @@ def build_env(options: CmdOptions, extra: Mapping[str, str]) -> dict[bytes, byte
 
 #: Where exec looks when the environment has no PATH.
 _DEFAULT_PATH = os.fsencode(os.defpath)
+#: exec checks permissions with the effective ids, access() with the real ones unless told.
+_EFFECTIVE_IDS = os.access in os.supports_effective_ids
 #: PATH value -> its entries, or None when one is relative (resolved against the child's cwd).
 _PATH_ENTRIES: dict[bytes, tuple[bytes, ...] | None] = {}
 
@@ -262,7 +264,7 @@ def _find_program(program: str, env: Mapping[bytes, bytes]) -> bytes | None:
     access, x_ok = os.access, os.X_OK
     for entry in entries:
         candidate = entry + name
-        if access(candidate, x_ok):
+        if access(candidate, x_ok, effective_ids=_EFFECTIVE_IDS):
             return candidate  # a dir would pass too: its exec fails, and exec searches again
     return None
 

@@ -226,11 +226,15 @@ class Envelope(Generic[T]):
             if future.cancelled():
                 callback()
 
-        if running_loop() is loop:
+        if self._on_caller_loop():
             reply.add_done_callback(done)
         else:
             with contextlib.suppress(RuntimeError):  # the caller's loop is closed
                 loop.call_soon_threadsafe(reply.add_done_callback, done)
+
+    def _on_caller_loop(self) -> bool:
+        # A local envelope's caller is on the manager's loop, where replies are sent from.
+        return self.local or running_loop() is self.loop
 
     def resolve(self, value: T) -> None:
         """Send the reply."""
@@ -252,7 +256,7 @@ class Envelope(Generic[T]):
         reply, loop = self.reply, self.loop
         if reply is None or loop is None:
             return True
-        if self.local or running_loop() is loop:
+        if self._on_caller_loop():
             setter(reply, value)
             return True
         try:

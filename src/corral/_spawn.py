@@ -333,6 +333,7 @@ def start_child(process_id: ProcessId, cmd: Cmd, process_dir: Path, devnull: int
         env = build_env(cmd.options, {PROCESS_DATA_DIR_ENV_NAME: data_dir, **stdio.env})
         argv = cmd.argv()
         found = _find_program(argv[0], env)
+        limits = _limits_setter(cmd.options)
 
         def start(executable: bytes | None) -> subprocess.Popen[bytes]:
             return subprocess.Popen(
@@ -346,7 +347,7 @@ def start_child(process_id: ProcessId, cmd: Cmd, process_dir: Path, devnull: int
                 process_group=0,
                 close_fds=True,
                 umask=-1 if cmd.options.umask is None else cmd.options.umask,
-                preexec_fn=_limits_setter(cmd.options),
+                preexec_fn=limits,
             )
 
         try:

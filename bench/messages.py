@@ -190,24 +190,32 @@ def _stream_trips(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
     return trips
 
 
-@contextlib.asynccontextmanager
-async def asyncio_stdio_echo() -> AsyncIterator[Trips]:
+async def piped_python(
+    code: str, *args: str
+) -> tuple[asyncio.subprocess.Process, asyncio.StreamWriter, asyncio.StreamReader]:
+    """A baseline child running ``code``, with its stdin and stdout as asyncio pipes."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        ECHO_CHILD,
+        code,
+        *args,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env=child_env(),
     )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    return proc, proc.stdin, proc.stdout
+
+
+@contextlib.asynccontextmanager
+async def asyncio_stdio_echo() -> AsyncIterator[Trips]:
+    proc, stdin, stdout = await piped_python(ECHO_CHILD)
     try:
-        assert proc.stdin is not None
-        assert proc.stdout is not None
-        yield _stream_trips(proc.stdout, proc.stdin)
+        yield _stream_trips(stdout, stdin)
     finally:
         await stop(proc)
-        if proc.stdin is not None:
-            proc.stdin.close()
+        stdin.close()
 
 
 async def _open_write_end(path: str, proc: asyncio.subprocess.Process) -> int:
@@ -451,27 +459,16 @@ async def _fan_out(
 async def asyncio_flood(count: int, size: int, consumers: int = 0, queue_size: int = 0) -> Flood:
     """The baseline: ``StreamReader.readline`` on the child's stdout; with ``consumers``, each
     line is also handed to that many consumer tasks through ``asyncio.Queue(queue_size)``."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        FLOOD_CHILD,
-        str(count),
-        str(size),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env=child_env(),
-    )
+    proc, stdin, stdout = await piped_python(FLOOD_CHILD, str(count), str(size))
     try:
-        assert proc.stdin is not None
-        assert proc.stdout is not None
-        readline = proc.stdout.readline
+        readline = stdout.readline
         async with asyncio.timeout(60):  # the child builds its lines first
             ready = await readline()
         if ready != b"ready\n":
             raise AssertionError("asyncio: the first line is not 'ready'")
         watch = Stopwatch()
-        proc.stdin.write(b"go\n")
-        await proc.stdin.drain()
+        stdin.write(b"go\n")
+        await stdin.drain()
         if consumers:
             results = await _fan_out(readline, consumers, queue_size)
         else:

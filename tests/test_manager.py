@@ -520,7 +520,7 @@ async def test_clear_envs_without_envs(manager: ProcessManagerHandle, tmp_path: 
 
 PROGRAM = "corral-path-test-program"
 
-#: What a PATH entry holds: (the entry, what PROGRAM is there).
+#: What a PATH entry can hold of PROGRAM (laid out by _make_entry).
 ENTRY_KINDS = ["no dir", "empty", "script", "not executable", "a dir", "bad format", "relative"]
 
 
@@ -577,6 +577,22 @@ def test_a_bare_name_runs_what_exec_would_find_in_the_childs_path(kinds: list[st
         path = os.pathsep.join(_make_entry(root, i, kind) for i, kind in enumerate(kinds))
         expected = _outcome_of_exec(path, root)
         assert asyncio.run(_outcome_through_corral(path, root)) == expected
+
+
+async def test_a_bare_program_name_is_looked_up_in_the_childs_path(
+    manager: ProcessManagerHandle, tmp_path: Path
+) -> None:
+    tool = tmp_path / "corral-test-tool"
+    tool.write_text("#!/bin/sh\nexit 7\n")
+    tool.chmod(0o755)
+    own_path = CmdOptions(envs={"PATH": f"{tmp_path}:{os.environ.get('PATH', '')}"})
+    info = await manager.wait(await manager.spawn(Cmd(tool.name, [], own_path)), TIMEOUT)
+    assert info.exit_status is not None
+    assert info.exit_status.code == 7
+    with pytest.raises(SpawnProcessError, match="corral-test-tool"):
+        await manager.spawn(Cmd(tool.name))  # not on the parent's PATH
+    info = await manager.wait(await manager.spawn(Cmd("true")), TIMEOUT)  # on the parent's
+    assert info.exit_status == ExitStatus(0, None, True)
 
 
 async def test_a_bare_name_keeps_its_name_as_argv0(
@@ -652,22 +668,6 @@ async def test_a_child_starts_with_default_signals_its_own_group_and_only_its_st
     assert fds.split() == ["0", "1", "2", "3"]  # stdio and listdir's own fd: nothing inherited
     for other in others:
         await manager.kill(other)
-
-
-async def test_a_bare_program_name_is_looked_up_in_the_childs_path(
-    manager: ProcessManagerHandle, tmp_path: Path
-) -> None:
-    tool = tmp_path / "corral-test-tool"
-    tool.write_text("#!/bin/sh\nexit 7\n")
-    tool.chmod(0o755)
-    own_path = CmdOptions(envs={"PATH": f"{tmp_path}:{os.environ.get('PATH', '')}"})
-    info = await manager.wait(await manager.spawn(Cmd(tool.name, [], own_path)), TIMEOUT)
-    assert info.exit_status is not None
-    assert info.exit_status.code == 7
-    with pytest.raises(SpawnProcessError, match="corral-test-tool"):
-        await manager.spawn(Cmd(tool.name))  # not on the parent's PATH
-    info = await manager.wait(await manager.spawn(Cmd("true")), TIMEOUT)  # on the parent's
-    assert info.exit_status == ExitStatus(0, None, True)
 
 
 async def test_a_burst_of_spawns_takes_a_loop_turn_each(manager: ProcessManagerHandle) -> None:

@@ -323,15 +323,21 @@ async def test_send_signal_that_the_child_handles(manager: ProcessManagerHandle)
 
 async def test_send_signal_errors(manager: ProcessManagerHandle) -> None:
     running = await manager.spawn(sleep_cmd(300))
-    for bad in (0, -1, 12345):
-        with pytest.raises(KillProcessError, match="not a signal"):
+    for bad in (-1, 12345, "SIGNOPE", "SIG_IGN"):
+        with pytest.raises(KillProcessError, match="not a signal") as refused:
             await manager.send_signal(running, bad)
+        assert isinstance(refused.value, ValueError)
+    # 0 sends nothing: it only checks that the process runs; names are taken.
+    await manager.send_signal(running, 0)
+    await manager.send_signal(running, "SIGCONT")
+    await manager.send_signal(running, "cont", group=True)
     assert (await manager.get_process_info(running)).is_running
 
     exited = await manager.spawn(Cmd("true"))
     await manager.wait(exited, TIMEOUT)
-    with pytest.raises(KillProcessError, match="already exited") as caught:
-        await manager.send_signal(exited, signal.SIGTERM)
+    for sig in (signal.SIGTERM, 0):
+        with pytest.raises(KillProcessError, match="already exited") as caught:
+            await manager.send_signal(exited, sig)
     assert not isinstance(caught.value, ProcessNotFoundError)
     assert caught.value.process_id == exited
 

@@ -413,7 +413,7 @@ async def test_10000_messages_in_one_burst_reach_a_lossy_subscriber_that_keeps_u
     manager: ProcessManagerHandle, output: MessagingType
 ) -> None:
     proc = await manager.spawn_with_handle(gated_lines(10_000, output))
-    stream = await proc.subscribe_message_stream()  # default capacity, not lossless
+    stream = await proc.subscribe_message_stream(lossless=False)  # default capacity
     await proc.send_message("go")
     assert await collect(stream.strings()) == numbers(10_000)
     assert succeeded(await proc.wait(TIMEOUT))
@@ -498,9 +498,11 @@ async def test_a_lagging_subscriber_gets_the_exact_lost_count(
     proc = await manager.spawn_with_handle(
         gated_lines(count, output, output_buffer_capacity=capacity)
     )
-    lagging = await proc.subscribe_message_stream()  # the first subscriber: starts at 0
-    skipping = (await proc.subscribe_message_stream()).ignore_lost_messages()
-    keeping_up = await proc.subscribe_message_stream()
+    lagging = await proc.subscribe_message_stream(
+        lossless=False
+    )  # the first subscriber: starts at 0
+    skipping = (await proc.subscribe_message_stream(lossless=False)).ignore_lost_messages()
+    keeping_up = await proc.subscribe_message_stream(lossless=False)
     reader = asyncio.create_task(collect(keeping_up.strings()))
     await proc.send_message("go")
     # The one that kept up lost nothing (a loss would raise out of collect).
@@ -612,7 +614,7 @@ async def test_a_lossy_subscriber_that_does_not_read_does_not_slow_the_child(
 ) -> None:
     count, size, capacity = 2000, 1000, 16
     proc = await spawn_progress_writer(manager, count, size, PIPE)
-    stream = await proc.subscribe_message_stream()
+    stream = await proc.subscribe_message_stream(lossless=False)
     await proc.send_message("go")
     assert succeeded(await proc.wait(TIMEOUT))  # ran to its end, unread
     with pytest.raises(LostMessagesError) as lost:

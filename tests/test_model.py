@@ -280,6 +280,7 @@ def test_cmd_options_normalizes_values() -> None:
 BAD_VALUES: dict[str, tuple[Any, list[Any]]] = {
     "current_dir": (Path("/tmp"), [3, b"/tmp", "", "a\0b", ["/tmp"]]),
     "clear_envs": (True, [1, 0, "yes", None]),
+    "auto_release": (True, [1, 0, "yes", None]),
     "envs": (
         {"A": "1"},
         [

@@ -38,6 +38,7 @@ __all__ = [
     "ReadMessageError",
     "ReceiveDeserializedMessageError",
     "ReceiveMessageError",
+    "ReleaseProcessError",
     "SerdeError",
     "SpawnProcessError",
     "WriteMessageError",
@@ -81,6 +82,10 @@ class SpawnProcessError(CorralError):
 
 class KillProcessError(CorralError):
     """``kill``, ``terminate`` or ``send_signal`` failed."""
+
+
+class ReleaseProcessError(CorralError):
+    """``release`` failed: the process is still running (wait for it, or kill it), or unknown."""
 
 
 class GetProcessInfoError(CorralError):
@@ -179,10 +184,10 @@ class LoggingNotConfiguredError(GetLogsError):
 
 _E = TypeVar("_E", bound=CorralError)
 
-_COMBINED: dict[tuple[type[CorralError], type[CorralError]], Any] = {}
+_COMBINED: dict[tuple[type[CorralError], type[Exception]], Any] = {}
 
 
-def _combined(operation: type[CorralError], shared: type[CorralError]) -> Any:
+def _combined(operation: type[CorralError], shared: type[Exception]) -> Any:
     """The class that is both ``operation`` and ``shared`` (made once, then reused)."""
     if issubclass(operation, shared):
         return operation
@@ -203,6 +208,19 @@ def manager_aborted(operation: type[_E], message: str | None = None) -> _E:
     """An error that is both ``operation`` and :class:`ManagerAbortedError`."""
     cls = _combined(operation, ManagerAbortedError)
     return cast(_E, cls() if message is None else cls(message))
+
+
+def bad_argument(
+    operation: type[_E],
+    kind: type[TypeError | ValueError],
+    message: str,
+    process_id: ProcessId | None = None,
+) -> _E:
+    """An error that is both ``operation`` and ``kind`` (``TypeError``: a wrong type,
+    ``ValueError``: a bad value), for an argument refused on the caller's side."""
+    error = cast(_E, _combined(operation, kind)(message))
+    error.process_id = process_id
+    return error
 
 
 def messaging_not_configured(operation: type[_E], process_id: ProcessId, direction: str) -> _E:

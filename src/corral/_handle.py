@@ -10,25 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from ._arguments import check_process_id, check_signal, check_timeout
 from ._errors import (
     CorralError,
     GetLogsError,
-    KillProcessError,
+    GetProcessInfoError,
     ManagerAbortedError,
     ProcessNotFoundError,
     SerdeError,
-    SpawnProcessError,
     WriteMessageError,
+    bad_argument,
     manager_aborted,
 )
 from ._logs import LogsQuery, follow_lines
 from ._messages import Message, encode_outgoing
-from ._model import Cmd, ProcessId, ProcessInfo, Runnable, Script
+from ._model import ExitedProcessInfo, ProcessId, ProcessInfo, Runnable
 from ._requests import (
     Abort,
     Envelope,
@@ -38,6 +38,7 @@ from ._requests import (
     Kill,
     ListProcesses,
     LogStream,
+    Release,
     Request,
     SendMessage,
     SendSignal,
@@ -164,12 +165,6 @@ class ProcessManagerHandle:
         non-executable program, a bad ``current_dir``, an unwritable working dir; nothing is
         left behind then.
         """
-        # The protocol check walks the protocol's members: try the two usual classes first.
-        if not isinstance(runnable, Cmd | Script) and not isinstance(runnable, Runnable):
-            raise SpawnProcessError(
-                f"cannot spawn {runnable!r}: not a Runnable (Cmd, Script, or an object with "
-                f"bootstrap_cmd and clean_after_fail)"
-            )
         return await self._call(Spawn(runnable), self._kill_orphan)
 
     def _kill_orphan(self, process_id: ProcessId) -> None:
@@ -190,27 +185,31 @@ class ProcessManagerHandle:
 
     # --- state ----------------------------------------------------------------------------
 
-    async def get_process_info(self, process_id: ProcessId) -> ProcessInfo:
+    async def get_process_info(self, process_id: ProcessId | str) -> ProcessInfo:
         """A snapshot: pid, whether it runs, its exit status once it ended."""
-        return await self._call(GetInfo(process_id))
+        return await self._call(GetInfo(check_process_id(process_id, GetInfo.error)))
 
-    async def wait(self, process_id: ProcessId, timeout: float | None = None) -> ProcessInfo:
-        """Wait for the process to exit and return its final info.
+    async def wait(
+        self, process_id: ProcessId | str, timeout: float | None = None
+    ) -> ExitedProcessInfo:
+        """Wait for the process to exit and return its final info (its ``exit_status`` set).
 
-        Driven by the exit event, not by polling. After ``timeout`` seconds raises
-        ``TimeoutError`` and leaves the process running.
+        Driven by the exit event, not by polling. After ``timeout`` seconds (a number >= 0;
+        NaN is refused) raises ``TimeoutError`` and leaves the process running.
         """
-        if timeout is None:
-            return await self._call(Wait(process_id))
+        request = Wait(check_process_id(process_id, Wait.error))
+        seconds = check_timeout(timeout, GetProcessInfoError)
+        if seconds is None:
+            return await self._call(request)
         # asyncio.timeout, not wait_for: the request is posted right now, in this task, so a
         # wait issued before a kill is handled before it.
-        async with asyncio.timeout(timeout):
-            return await self._call(Wait(process_id))
+        async with asyncio.timeout(seconds):
+            return await self._call(request)
 
     # --- logs -----------------------------------------------------------------------------
 
     async def get_logs_stdout(
-        self, process_id: ProcessId, query: LogsQuery = _FETCH_ALL
+        self, process_id: ProcessId | str, query: LogsQuery = _FETCH_ALL
     ) -> list[str]:
         """Lines of the captured stdout selected by ``query`` (all of them by default).
 
@@ -221,16 +220,20 @@ class ProcessManagerHandle:
 
         >>> last = await handle.get_logs_stdout(pid, LogsQuery.tail(10))
         """
-        return await self._call(GetLogs(process_id, "stdout", query))
+        return await self._call(
+            GetLogs(check_process_id(process_id, GetLogs.error), "stdout", query)
+        )
 
     async def get_logs_stderr(
-        self, process_id: ProcessId, query: LogsQuery = _FETCH_ALL
+        self, process_id: ProcessId | str, query: LogsQuery = _FETCH_ALL
     ) -> list[str]:
         """Lines of the captured stderr; see :meth:`get_logs_stdout`."""
-        return await self._call(GetLogs(process_id, "stderr", query))
+        return await self._call(
+            GetLogs(check_process_id(process_id, GetLogs.error), "stderr", query)
+        )
 
-    async def follow_logs(
-        self, process_id: ProcessId, stream: LogStream = "stdout"
+    def follow_logs(
+        self, process_id: ProcessId | str, stream: LogStream = "stdout"
     ) -> AsyncIterator[str]:
         """The lines of a captured stream so far, then new ones as the child writes them.
 
@@ -244,9 +247,12 @@ class ProcessManagerHandle:
         >>> async for line in handle.follow_logs(pid, "stderr"):
         ...     print(line)
         """
-        if stream not in ("stdout", "stderr"):
-            raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
-        path = await self._call(GetLogPath(process_id, stream))
+        # Checked now, not at the first anext() of the generator.
+        return self._follow_logs(GetLogPath(check_process_id(process_id, GetLogPath.error), stream))
+
+    async def _follow_logs(self, request: GetLogPath) -> AsyncIterator[str]:
+        process_id = request.process_id
+        path = await self._call(request)
 
         async def exited() -> None:
             # Killed or aborted also means the writer is gone.
@@ -271,7 +277,9 @@ class ProcessManagerHandle:
 
     # --- messages -------------------------------------------------------------------------
 
-    async def send_message(self, process_id: ProcessId, message: Message | str | bytes) -> None:
+    async def send_message(
+        self, process_id: ProcessId | str, message: Message | str | bytes
+    ) -> None:
         """Write one message (one line; ``\\n`` added when missing) to the child's message input.
 
         Returns once the message is in the pipe: when the child does not read and the pipe is
@@ -284,12 +292,19 @@ class ProcessManagerHandle:
 
         >>> await handle.send_message(pid, Message.from_serializable({"job": 1}, "json"))
         """
+        if type(process_id) is not ProcessId:
+            process_id = check_process_id(process_id, WriteMessageError)
         try:
             data = encode_outgoing(message)
         except SerdeError as exc:
-            raise WriteMessageError(
-                f"cannot send to process {process_id}: {exc}", process_id=process_id
+            raise bad_argument(
+                WriteMessageError,
+                ValueError,
+                f"cannot send to process {process_id}: {exc}",
+                process_id,
             ) from exc
+        except TypeError as exc:
+            raise bad_argument(WriteMessageError, TypeError, str(exc)) from None
         if not data:
             return
         mailbox = self._mailbox
@@ -301,70 +316,87 @@ class ProcessManagerHandle:
         await self._call(SendMessage(process_id, data))
 
     async def subscribe_message_stream(
-        self, process_id: ProcessId, *, lossless: bool = False
+        self, process_id: ProcessId | str, *, lossless: bool = True
     ) -> MessageStream:
         """A new subscriber to the child's message output: an async iterator of :class:`Message`.
 
         The first subscriber also gets what the child wrote before it came (up to
-        ``output_buffer_capacity`` messages); later ones start from their subscription. A
-        subscriber that falls behind by more than the capacity gets :class:`LostMessagesError`
-        with the exact count, then goes on; nobody else waits for it. With ``lossless=True``
-        the reader waits for this subscriber instead: nothing is lost, and when it is slow the
-        pipe fills and the child blocks on its writes (one slow lossless subscriber slows the
-        child for everyone). The stream ends when the child has exited (or was killed) and
-        everything it wrote was delivered. It may be iterated from any thread's event loop.
+        ``output_buffer_capacity`` messages); later ones start from their subscription. By
+        default nothing is lost: when this subscriber is slow the reader waits for it, the pipe
+        fills and the child blocks on its writes (one slow subscriber slows the child for
+        everyone). With ``lossless=False`` it is a lossy ring instead: a subscriber that falls
+        behind by more than the capacity gets :class:`LostMessagesError` with the exact count,
+        then goes on, and nobody waits for it. The stream ends when the child has exited (or
+        was killed) and everything it wrote was delivered. It may be iterated from any
+        thread's event loop.
 
         >>> async for text in (await handle.subscribe_message_stream(pid)).strings():
         ...     print(text)
         """
-        return await self._call(Subscribe(process_id, lossless))
+        return await self._call(Subscribe(check_process_id(process_id, Subscribe.error), lossless))
 
-    async def subscribe_events(self) -> ItemStream[ProcessEvent]:
-        """Every process's events from now on: spawned, exited, restarting, gave up, killed.
+    async def subscribe_events(self, *, replay: bool = False) -> ItemStream[ProcessEvent]:
+        """Every process's events from the subscription on: spawned, exited, restarting, gave
+        up, killed, released.
 
-        An async iterator of :class:`ProcessEvent`, in the order they happened. A subscriber
-        that falls more than 1,024 events behind gets :class:`LostMessagesError` with the exact
-        count, then goes on (``.ignore_lost_messages()`` skips it); the manager never waits for
-        a subscriber. The stream ends when the manager is aborted.
+        An async iterator of :class:`ProcessEvent`, in the order they happened; never an event
+        from before the call, unless ``replay=True`` asks for those still buffered too (up to
+        1,024). A subscriber that falls more than 1,024 events behind gets
+        :class:`LostMessagesError` with the exact count, then goes on
+        (``.ignore_lost_messages()`` skips it); the manager never waits for a subscriber. The
+        stream ends when the manager is aborted.
 
         >>> async for event in await handle.subscribe_events():
         ...     print(event.kind.value, event.process_id, event.exit_status)
         """
-        return await self._call(SubscribeEvents())
+        return await self._call(SubscribeEvents(replay))
 
     async def list_processes(self) -> list[ProcessId]:
-        """The ids of every process the manager knows (running, or exited and not killed)."""
+        """The ids of every process the manager knows (running, or exited and not yet killed or
+        released)."""
         return await self._call(ListProcesses())
 
     # --- ending ---------------------------------------------------------------------------
 
-    async def kill(self, process_id: ProcessId) -> None:
-        """SIGKILL the process's group if running, reap it, delete its dir, forget its id."""
-        await self._call(Kill(process_id))
+    async def kill(self, process_id: ProcessId | str) -> None:
+        """SIGKILL the process's group (even when the leader already exited), reap it, delete
+        its dir, forget its id."""
+        await self._call(Kill(check_process_id(process_id, Kill.error)))
 
-    async def terminate(self, process_id: ProcessId, grace: float = 5.0) -> ProcessInfo:
+    async def release(self, process_id: ProcessId | str) -> None:
+        """Forget a process that has exited and delete its dir (logs included).
+
+        Raises :class:`ReleaseProcessError` if it is still running (wait for it, or kill it).
+        ``CmdOptions(auto_release=True)`` releases a process by itself when it exits.
+
+        >>> info = await handle.wait(pid)
+        >>> await handle.release(pid)
+        """
+        await self._call(Release(check_process_id(process_id, Release.error)))
+
+    async def terminate(self, process_id: ProcessId | str, grace: float = 5.0) -> ExitedProcessInfo:
         """SIGTERM the process group; SIGKILL it if the child still runs after ``grace`` s.
 
-        Returns the final info; the process stays known (logs, info) until :meth:`kill`.
-        A group member other than the child that ignores SIGTERM outlives a child that exits in
-        time; :meth:`kill` takes the whole group down.
+        Returns the final info; the process stays known (logs, info) until :meth:`release` or
+        :meth:`kill`. A group member other than the child that ignores SIGTERM outlives a
+        child that exits in time; :meth:`kill` takes the whole group down.
         """
-        if not grace >= 0:
-            raise KillProcessError(f"grace must be >= 0 seconds, not {grace!r}")
-        return await self._call(Terminate(process_id, float(grace)))
+        return await self._call(Terminate(check_process_id(process_id, Terminate.error), grace))
 
-    async def send_signal(self, process_id: ProcessId, sig: int, *, group: bool = False) -> None:
+    async def send_signal(
+        self, process_id: ProcessId | str, sig: int | str, *, group: bool = False
+    ) -> None:
         """Send ``sig`` to the child, or with ``group=True`` to its whole process group.
 
-        Raises :class:`KillProcessError` if the child has already exited.
+        ``sig`` is a number, a ``signal.Signals`` or a name (``"SIGHUP"``, ``"HUP"``); 0 sends
+        nothing and only checks that the process runs. Raises :class:`KillProcessError` if the
+        child has already exited.
 
         >>> await handle.send_signal(pid, signal.SIGHUP)  # e.g. "reload your config"
         """
-        try:
-            sig = signal.Signals(sig)
-        except ValueError:
-            raise KillProcessError(f"{sig!r} is not a signal number") from None
-        await self._call(SendSignal(process_id, sig, group))
+        error = SendSignal.error
+        request = SendSignal(check_process_id(process_id, error), check_signal(sig, error), group)
+        await self._call(request)
 
     async def abort(self, grace: float = 0.5) -> None:
         """Terminate every process, all at once, and stop the manager.
@@ -373,9 +405,7 @@ class ProcessManagerHandle:
         still alive (``grace=0``: SIGKILL at once). Every later call raises an error that is a
         :class:`ManagerAbortedError`.
         """
-        if not grace >= 0:
-            raise ManagerAbortedError(f"grace must be >= 0 seconds, not {grace!r}")
-        await self._call(Abort(float(grace)))
+        await self._call(Abort(grace))
 
     async def __aenter__(self) -> ProcessManagerHandle:
         return self
@@ -398,10 +428,10 @@ class ProcessHandle:
 
     __slots__ = ("_handle", "id")
 
-    def __init__(self, handle: ProcessManagerHandle, process_id: ProcessId) -> None:
+    def __init__(self, handle: ProcessManagerHandle, process_id: ProcessId | str) -> None:
         self._handle = handle
         #: The process this handle is bound to.
-        self.id = process_id
+        self.id = check_process_id(process_id, GetProcessInfoError)
 
     @property
     def manager(self) -> ProcessManagerHandle:
@@ -412,7 +442,7 @@ class ProcessHandle:
         """See :meth:`ProcessManagerHandle.get_process_info`."""
         return await self._handle.get_process_info(self.id)
 
-    async def wait(self, timeout: float | None = None) -> ProcessInfo:
+    async def wait(self, timeout: float | None = None) -> ExitedProcessInfo:
         """See :meth:`ProcessManagerHandle.wait`."""
         return await self._handle.wait(self.id, timeout)
 
@@ -420,11 +450,15 @@ class ProcessHandle:
         """See :meth:`ProcessManagerHandle.kill`."""
         await self._handle.kill(self.id)
 
-    async def terminate(self, grace: float = 5.0) -> ProcessInfo:
+    async def release(self) -> None:
+        """See :meth:`ProcessManagerHandle.release`."""
+        await self._handle.release(self.id)
+
+    async def terminate(self, grace: float = 5.0) -> ExitedProcessInfo:
         """See :meth:`ProcessManagerHandle.terminate`."""
         return await self._handle.terminate(self.id, grace)
 
-    async def send_signal(self, sig: int, *, group: bool = False) -> None:
+    async def send_signal(self, sig: int | str, *, group: bool = False) -> None:
         """See :meth:`ProcessManagerHandle.send_signal`."""
         await self._handle.send_signal(self.id, sig, group=group)
 
@@ -444,7 +478,7 @@ class ProcessHandle:
         """See :meth:`ProcessManagerHandle.send_message`."""
         await self._handle.send_message(self.id, message)
 
-    async def subscribe_message_stream(self, *, lossless: bool = False) -> MessageStream:
+    async def subscribe_message_stream(self, *, lossless: bool = True) -> MessageStream:
         """See :meth:`ProcessManagerHandle.subscribe_message_stream`."""
         return await self._handle.subscribe_message_stream(self.id, lossless=lossless)
 
@@ -464,7 +498,7 @@ class ScopedProcessHandle(ProcessHandle):
 
     __slots__ = ("_done",)
 
-    def __init__(self, handle: ProcessManagerHandle, process_id: ProcessId) -> None:
+    def __init__(self, handle: ProcessManagerHandle, process_id: ProcessId | str) -> None:
         super().__init__(handle, process_id)
         self._done = False
 

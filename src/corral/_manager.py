@@ -26,6 +26,7 @@ from ._errors import (
     KillProcessError,
     LoggingNotConfiguredError,
     ReadMessageError,
+    ReleaseProcessError,
     SpawnProcessError,
     WriteMessageError,
     manager_aborted,
@@ -46,6 +47,7 @@ from ._requests import (
     Kill,
     ListProcesses,
     LogStream,
+    Release,
     SendMessage,
     SendSignal,
     Spawn,
@@ -54,8 +56,8 @@ from ._requests import (
     Terminate,
     Wait,
 )
-from ._spawn import spawn_child, start_child
-from ._supervision import EventBroadcast
+from ._spawn import discard_child, spawn_child, start_child
+from ._supervision import EventBroadcast, EventKind
 from ._workdir import WorkingDir
 
 __all__ = ["ProcessManager"]
@@ -102,7 +104,16 @@ class ProcessManager:
         ``working_dir`` are reported (``handle.stale_process_dirs`` and a warning on the
         ``corral`` logger) and, with ``remove_stale=True``, removed.
         """
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "ProcessManager.spawn() needs a running event loop: call it inside a coroutine "
+                "(e.g. `async def main(): handle = ProcessManager.spawn()` run by "
+                "asyncio.run(main())), or use SyncProcessManager from code without one"
+            ) from None
+        if not isinstance(remove_stale, bool):
+            raise TypeError(f"remove_stale must be a bool, not {remove_stale!r}")
         if working_dir is None:
             workdir = WorkingDir.create_temp()
         else:
@@ -173,10 +184,8 @@ class ProcessManager:
     def _dispatch(self, envelope: Envelope[Any]) -> None:
         try:
             self._handle(envelope)
-        except CorralError as exc:
-            envelope.fail(exc)
-        except Exception as exc:  # a bug must reach the caller, not kill the actor
-            envelope.fail(exc)
+        except Exception as exc:  # expected or not, the caller gets it: never a silent drop
+            envelope.fail(_as_reply_error(envelope, exc))
 
     async def _run(self) -> None:
         try:
@@ -210,7 +219,7 @@ class ProcessManager:
                 self._on_kill(envelope, process_id)
             case Terminate(process_id, grace):
                 process = self._get(process_id, request.error)
-                self._start(self._reply_when(envelope, process.terminate(grace)))
+                self._start(envelope, self._reply_when(envelope, process.terminate(grace)))
             case SendSignal(process_id, sig, group):
                 process = self._get(process_id, request.error)
                 if not process.send_signal(sig, group):
@@ -222,9 +231,11 @@ class ProcessManager:
                 envelope.resolve(None)
             case GetLogs(process_id, stream, query):
                 log = self._log(process_id, stream)
-                self._start(self._query_log(envelope, process_id, log, query))
+                self._start(envelope, self._query_log(envelope, process_id, log, query))
             case GetLogPath(process_id, stream):
                 envelope.resolve(self._log(process_id, stream).path)
+            case Release(process_id):
+                self._on_release(envelope, self._get(process_id, request.error))
             case Subscribe(process_id, lossless):
                 broadcast = self._get(process_id, request.error).broadcast
                 if broadcast is None:
@@ -232,8 +243,8 @@ class ProcessManager:
                 if envelope.abandoned:  # nobody would get the stream: not a first subscriber
                     return
                 envelope.resolve(broadcast.subscribe(lossless))
-            case SubscribeEvents():
-                envelope.resolve(self._events.subscribe())
+            case SubscribeEvents(replay):
+                envelope.resolve(self._events.subscribe(replay))
             case ListProcesses():
                 envelope.resolve(list(self._processes))
             case _:
@@ -272,10 +283,23 @@ class ProcessManager:
         if self._paced:
             self.loop.call_soon(self._run_paced)
 
-    def _start(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _start(self, envelope: Envelope[Any] | None, coro: Coroutine[Any, Any, None]) -> None:
+        """Finish a request in a task; whatever the task raises is ``envelope``'s reply."""
         task = self.loop.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._tasks.discard(task)
+            if envelope is None:
+                return
+            if task.cancelled():
+                envelope.fail(manager_aborted(envelope.request.error))
+                return
+            exc = task.exception()
+            if exc is not None:
+                envelope.fail(_as_reply_error(envelope, exc))
+
+        task.add_done_callback(done)
 
     # --- handlers -------------------------------------------------------------------------
 
@@ -293,16 +317,29 @@ class ProcessManager:
         respawn = functools.partial(
             start_child, process_id, child.cmd, child.process_dir, self._devnull
         )
-        process = ManagedProcess(
-            process_id,
-            child,
-            self._exits,
-            respawn,
-            self._pace,
-            self._events.publish,
-            guard_dir=not self._workdir.owned,
-        )
+        try:
+            process = ManagedProcess(
+                process_id,
+                child,
+                self._exits,
+                respawn,
+                self._pace,
+                self._events.publish,
+                guard_dir=not self._workdir.owned,
+            )
+        except BaseException as exc:
+            # The child runs, but nothing knows it: it must not outlive this call.
+            discard_child(child)
+            if not isinstance(exc, Exception):
+                raise
+            raise SpawnProcessError(
+                f"cannot start managing process {process_id} ({child.cmd}): {exc!r}; the child "
+                f"was killed",
+                process_id=process_id,
+            ) from exc
         self._processes[process_id] = process
+        if child.cmd.options.auto_release:
+            process.when_down(lambda _: self._start(None, self._auto_release(process)))
         if envelope.abandoned:  # the caller was cancelled: nobody will ever know this id
             self._on_kill(Envelope(Kill(process_id)), process_id)
         else:
@@ -347,7 +384,27 @@ class ProcessManager:
             envelope.resolve(None)
             return
         self._dying.add(process)
-        self._start(self._finish_kill(process, envelope))
+        self._start(envelope, self._finish_kill(process, envelope))
+
+    def _on_release(self, envelope: Envelope[Any], process: ManagedProcess) -> None:
+        if not process.down:
+            state = "restarting" if process.info().restart_pending else "running"
+            raise ReleaseProcessError(
+                f"process {process.id} is still {state}: wait() for it to exit or kill() it "
+                f"before releasing it",
+                process_id=process.id,
+            )
+        del self._processes[process.id]
+        process.close(EventKind.RELEASED)
+        envelope.resolve(None)
+
+    async def _auto_release(self, process: ManagedProcess) -> None:
+        # Down for good; what the child wrote may still be on its way to lossless
+        # subscribers: release once it is all delivered, so that nothing is lost.
+        await process.output_drained()
+        if self._processes.get(process.id) is process:
+            del self._processes[process.id]
+            process.close(EventKind.RELEASED)
 
     async def _query_log(
         self, envelope: Envelope[Any], process_id: ProcessId, log: LogFile, query: LogsQuery
@@ -355,7 +412,7 @@ class ProcessManager:
         # Reading may take a while on a big log: a worker thread does it, the loop stays free.
         try:
             lines = await asyncio.to_thread(log.query, query)
-        except OSError as exc:
+        except OSError as exc:  # other errors are answered by _start
             error = GetLogsError(
                 f"cannot read the log of process {process_id} ({log.path}): {exc}",
                 process_id=process_id,
@@ -411,3 +468,16 @@ class ProcessManager:
             self._devnull = -1
         self._released = True
         _LIVE.discard(self)
+
+
+def _as_reply_error(envelope: Envelope[Any], exc: BaseException) -> BaseException:
+    """What the caller gets for ``exc``, raised while handling its request: a corral error as
+    it is; anything else (a defect) wrapped in the operation's error class, with ``exc`` as the
+    cause, so that ``except <Operation>Error`` still holds."""
+    if isinstance(exc, CorralError) or not isinstance(exc, Exception):
+        return exc
+    request = envelope.request
+    error = request.error(f"corral failed while handling {type(request).__name__}: {exc!r}")
+    error.process_id = getattr(request, "process_id", None)
+    error.__cause__ = exc
+    return error

@@ -31,6 +31,7 @@ __all__ = [
     "Cmd",
     "CmdOptions",
     "ExitStatus",
+    "ExitedProcessInfo",
     "LoggingType",
     "MessagingType",
     "ProcessId",
@@ -53,19 +54,34 @@ OUTPUT_PIPE_ENV_NAME = "OUTPUT_PIPE"
 SCRIPT_FILE_PATH_PLACEHOLDER = "@FILE_PATH"
 
 
+#: The class, under a name the ProcessId's ``uuid`` field does not shadow.
+_UUID = uuid.UUID
+
 # --- identity and state -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class ProcessId:
     """The id of a spawned process: a random UUID4, hashable, ``str()`` gives the canonical text.
 
+    Made from a ``uuid.UUID`` or from the canonical text of one (any case); other text is a
+    ``ValueError``, anything else a ``TypeError``.
+
     >>> pid = ProcessId.new()
-    >>> ProcessId.parse(str(pid)) == pid
+    >>> ProcessId(str(pid)) == pid == ProcessId.parse(str(pid))
     True
+    >>> ProcessId("not-a-uuid")
+    Traceback (most recent call last):
+    ...
+    ValueError: 'not-a-uuid' is not a process id: not the canonical text of a UUID
     """
 
     uuid: uuid.UUID
+
+    def __init__(self, value: _UUID | str) -> None:
+        if type(value) is not _UUID:  # the usual case (new()) costs one check
+            value = _parse_uuid(value)
+        object.__setattr__(self, "uuid", value)
 
     @classmethod
     def new(cls) -> ProcessId:
@@ -74,14 +90,31 @@ class ProcessId:
 
     @classmethod
     def parse(cls, text: str) -> ProcessId:
-        """The id whose canonical text is ``text`` (``ValueError`` if it is not a UUID)."""
-        return cls(uuid.UUID(text))
+        """The id whose canonical text is ``text`` (``ValueError`` if it is not one)."""
+        return cls(text)
 
     def __str__(self) -> str:
         return str(self.uuid)
 
     def __repr__(self) -> str:
         return f"ProcessId('{self.uuid}')"
+
+
+def _parse_uuid(value: object) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    if not isinstance(value, str):
+        raise TypeError(
+            f"a ProcessId is made from a uuid.UUID or its str, not {type(value).__qualname__}"
+        )
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        parsed = None
+    # uuid.UUID also takes braces, "urn:uuid:" and no hyphens: an id has one spelling.
+    if parsed is None or str(parsed) != value.lower():
+        raise ValueError(f"{value!r} is not a process id: not the canonical text of a UUID")
+    return parsed
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +161,29 @@ class ProcessInfo:
     restarts: int = 0
     restart_pending: bool = False
     gave_up_reason: str | None = None
+
+    # By value across the subclass too: wait()'s result equals get_process_info()'s after it.
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ProcessInfo):
+            return NotImplemented
+        return dataclasses.astuple(self) == dataclasses.astuple(other)
+
+    def __hash__(self) -> int:
+        return hash(dataclasses.astuple(self))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ExitedProcessInfo(ProcessInfo):
+    """The :class:`ProcessInfo` of a process that is down for good, as ``wait()`` and
+    ``terminate()`` return it: its ``exit_status`` is never None, so that
+    ``info.exit_status.code`` type-checks without a test for None.
+
+    >>> info = ExitedProcessInfo(42, ExitStatus.from_returncode(0), is_running=False)
+    >>> info.exit_status.success, isinstance(info, ProcessInfo)
+    (True, True)
+    """
+
+    exit_status: ExitStatus
 
 
 # --- options ----------------------------------------------------------------------------------
@@ -412,6 +468,7 @@ _VALIDATORS: dict[str, Any] = {
     "rlimits": _validate_rlimits,
     "umask": _validate_umask,
     "nice": _validate_nice,
+    "auto_release": lambda v: _validate_bool(v, "auto_release"),
 }
 
 
@@ -456,6 +513,9 @@ class CmdOptions:
     umask: int | None = None
     #: The child's niceness, -20 (first) to 19 (last); lowering it needs privileges.
     nice: int | None = None
+    #: Forget the process once it is down for good and its output delivered, as
+    #: ``release()`` would: its dir and logs go, and its id is unknown from then on.
+    auto_release: bool = False
 
     def __setattr__(self, name: str, value: object) -> None:
         validator = _VALIDATORS.get(name)

@@ -22,7 +22,7 @@ from pathlib import Path
 from . import _guardian as guardian
 from ._errors import SpawnProcessError
 from ._logs import LogFile
-from ._model import Cmd, ExitStatus, ProcessId, ProcessInfo, RestartMode
+from ._model import Cmd, ExitedProcessInfo, ExitStatus, ProcessId, ProcessInfo, RestartMode
 from ._platform import ExitWatch, ExitWatcher
 from ._spawn import SpawnedChild, remove_process_dir
 from ._streams import Broadcast, MessageReader, MessageWriter
@@ -144,9 +144,9 @@ class ManagedProcess:
         self._restart_pending = False  # from RESTARTING until the next run starts (or stop)
         self._stopping = False  # kill / terminate / abort: no more restarts
         self._gave_up: str | None = None
-        #: Resolved with the final :class:`ProcessInfo` once the process is down for good.
-        self.exited: asyncio.Future[ProcessInfo] = loop.create_future()
-        self._waiters: list[Callable[[ProcessInfo], None]] = []
+        #: Resolved with the final info once the process is down for good.
+        self.exited: asyncio.Future[ExitedProcessInfo] = loop.create_future()
+        self._waiters: list[Callable[[ExitedProcessInfo], None]] = []
         # In a working dir of the user's, the guardian removes this dir if the parent dies; a
         # working dir corral made is removed whole, this one with it.
         self._guard_dir = guard_dir
@@ -212,8 +212,10 @@ class ManagedProcess:
     def _on_exit(self, run: _Run, status: ExitStatus) -> None:
         delay: float | None = None
         reason: str | None = None
+        # Every exit is told, however it was caused (kill and terminate included), with its
+        # real status; only an exit nobody asked for can lead to a restart.
+        self._event(EventKind.EXITED)
         if not self._stopping:
-            self._event(EventKind.EXITED)
             delay, reason = self._tracker.after_exit(status)
         # Deliver what the child wrote, then end its streams; fail sends from now on.
         if run.reader is not None:
@@ -277,7 +279,7 @@ class ManagedProcess:
                 reader.close_broadcast = True
         self._set_exited()
 
-    def when_down(self, callback: Callable[[ProcessInfo], None]) -> None:
+    def when_down(self, callback: Callable[[ExitedProcessInfo], None]) -> None:
         """Call ``callback`` with the final info once the process is down for good (at once if it
         is): in the same loop turn, where a callback on :attr:`exited` would wait for the next."""
         if self.exited.done():
@@ -288,7 +290,16 @@ class ManagedProcess:
     def _set_exited(self) -> None:
         if self.exited.done():
             return
-        info = self.info()
+        status = self.exit_status
+        assert status is not None, "down for good, so its last run has ended"
+        info = ExitedProcessInfo(
+            pid=self.pid,
+            exit_status=status,
+            is_running=False,
+            restarts=self._tracker.restarts,
+            restart_pending=False,
+            gave_up_reason=self._gave_up,
+        )
         self.exited.set_result(info)
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
@@ -327,7 +338,7 @@ class ManagedProcess:
         if self._stop_restarts():
             self._run.kill()
 
-    async def terminate(self, grace: float) -> ProcessInfo:
+    async def terminate(self, grace: float) -> ExitedProcessInfo:
         """No more restarts; SIGTERM the group, SIGKILL it if still alive after ``grace`` s."""
         if self._stop_restarts():
             if grace <= 0:
@@ -348,12 +359,24 @@ class ManagedProcess:
         with contextlib.suppress(RuntimeError):  # the future's loop may be closed
             self._set_exited()
 
-    def close(self) -> None:
-        """Release what the parent holds for the process (fds, watchers) and delete its dir."""
+    async def output_drained(self) -> None:
+        """Return once the last run's message output is all read (at once without one)."""
+        reader = self._run.reader
+        if reader is not None and not reader.closed:
+            await reader.wait_closed()
+
+    @property
+    def down(self) -> bool:
+        """Whether the process is down for good: exited, and no restart will follow."""
+        return self.exited.done()
+
+    def close(self, event: EventKind = EventKind.KILLED) -> None:
+        """Release what the parent holds for the process (fds, watchers) and delete its dir;
+        ``event`` tells why (killed, or released once exited)."""
         self._run.close()
         if self.broadcast is not None:
             self.broadcast.close()
         remove_process_dir(self.process_dir)
         if self._guard_dir:
             guardian.unregister_process_dir(self.process_dir)
-        self._event(EventKind.KILLED)
+        self._event(event)

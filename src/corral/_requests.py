@@ -16,6 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
+from ._arguments import (
+    check_bool,
+    check_grace,
+    check_log_stream,
+    check_logs_query,
+)
 from ._errors import (
     CorralError,
     GetLogsError,
@@ -23,11 +29,13 @@ from ._errors import (
     KillProcessError,
     ManagerAbortedError,
     ReadMessageError,
+    ReleaseProcessError,
     SpawnProcessError,
     WriteMessageError,
+    bad_argument,
 )
 from ._logs import LogsQuery
-from ._model import ProcessId, ProcessInfo, Runnable
+from ._model import Cmd, ExitedProcessInfo, ProcessId, ProcessInfo, Runnable, Script
 from ._streams import ItemStream, MessageStream
 from ._supervision import ProcessEvent
 
@@ -40,6 +48,7 @@ __all__ = [
     "Kill",
     "ListProcesses",
     "LogStream",
+    "Release",
     "Request",
     "SendMessage",
     "SendSignal",
@@ -71,6 +80,17 @@ class Spawn(Request[ProcessId]):
     error = SpawnProcessError
     runnable: Runnable
 
+    def __post_init__(self) -> None:
+        runnable = self.runnable
+        # The protocol check walks the protocol's members: try the two usual classes first.
+        if not isinstance(runnable, Cmd | Script) and not isinstance(runnable, Runnable):
+            raise bad_argument(
+                SpawnProcessError,
+                TypeError,
+                f"cannot spawn {runnable!r}: not a Runnable (Cmd, Script, or an object with "
+                f"bootstrap_cmd and clean_after_fail)",
+            )
+
 
 @dataclass(frozen=True, slots=True)
 class GetInfo(Request[ProcessInfo]):
@@ -81,7 +101,7 @@ class GetInfo(Request[ProcessInfo]):
 
 
 @dataclass(frozen=True, slots=True)
-class Wait(Request[ProcessInfo]):
+class Wait(Request[ExitedProcessInfo]):
     """Reply, once the process has exited: its final info."""
 
     error = GetProcessInfoError
@@ -97,6 +117,14 @@ class Kill(Request[None]):
 
 
 @dataclass(frozen=True, slots=True)
+class Release(Request[None]):
+    """Forget an exited process and delete its dir (a running one is an error)."""
+
+    error = ReleaseProcessError
+    process_id: ProcessId
+
+
+@dataclass(frozen=True, slots=True)
 class GetLogs(Request[list[str]]):
     """Reply: the lines of a captured stream that the query selects."""
 
@@ -104,6 +132,10 @@ class GetLogs(Request[list[str]]):
     process_id: ProcessId
     stream: LogStream
     query: LogsQuery
+
+    def __post_init__(self) -> None:
+        check_log_stream(self.stream, GetLogsError)
+        check_logs_query(self.query, GetLogsError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +145,9 @@ class GetLogPath(Request[Path]):
     error = GetLogsError
     process_id: ProcessId
     stream: LogStream
+
+    def __post_init__(self) -> None:
+        check_log_stream(self.stream, GetLogsError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +165,10 @@ class Subscribe(Request[MessageStream]):
 
     error = ReadMessageError
     process_id: ProcessId
-    lossless: bool
+    lossless: bool = True
+
+    def __post_init__(self) -> None:
+        check_bool(self.lossless, "lossless", ReadMessageError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +176,11 @@ class SubscribeEvents(Request[ItemStream[ProcessEvent]]):
     """Reply: a new subscriber to every process's events."""
 
     error = GetProcessInfoError
+    #: Also the events still buffered from before the subscription (up to the capacity).
+    replay: bool = False
+
+    def __post_init__(self) -> None:
+        check_bool(self.replay, "replay", GetProcessInfoError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,12 +191,15 @@ class ListProcesses(Request[list[ProcessId]]):
 
 
 @dataclass(frozen=True, slots=True)
-class Terminate(Request[ProcessInfo]):
+class Terminate(Request[ExitedProcessInfo]):
     """SIGTERM the group, SIGKILL it after ``grace`` s; reply: the final info."""
 
     error = KillProcessError
     process_id: ProcessId
-    grace: float
+    grace: float = 5.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "grace", check_grace(self.grace, KillProcessError))
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +209,10 @@ class SendSignal(Request[None]):
     error = KillProcessError
     process_id: ProcessId
     signal: int
-    group: bool
+    group: bool = False
+
+    def __post_init__(self) -> None:
+        check_bool(self.group, "group", KillProcessError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +221,9 @@ class Abort(Request[None]):
 
     error = ManagerAbortedError
     grace: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "grace", check_grace(self.grace, ManagerAbortedError))
 
 
 def running_loop() -> asyncio.AbstractEventLoop | None:

@@ -14,12 +14,14 @@ import contextlib
 import os
 import resource
 import shutil
+import signal
 import stat
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import _guardian as guardian
 from ._errors import SpawnProcessError
 from ._model import (
     INPUT_PIPE_ENV_NAME,
@@ -38,6 +40,7 @@ __all__ = [
     "DATA_DIR_NAME",
     "SpawnedChild",
     "build_env",
+    "discard_child",
     "make_private_dir",
     "remove_process_dir",
     "spawn_child",
@@ -382,3 +385,19 @@ def start_child(process_id: ProcessId, cmd: Cmd, process_dir: Path, devnull: int
         message_in=stdio.message_in,
         message_out=stdio.message_out,
     )
+
+
+def discard_child(child: SpawnedChild) -> None:
+    """Undo a spawn that succeeded but could not be recorded: SIGKILL the child's group, reap
+    it, close the parent's fds and remove its process dir. Blocks only for the reap of a child
+    that was SIGKILLed."""
+    with contextlib.suppress(OSError):
+        os.killpg(child.popen.pid, signal.SIGKILL)  # not reaped yet: the group is still ours
+    guardian.unregister_group(child.popen.pid)  # if it got that far; before the reap
+    child.popen.wait()
+    for fd in (child.message_in, child.message_out):
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    remove_process_dir(child.process_dir)
+    guardian.unregister_process_dir(child.process_dir)

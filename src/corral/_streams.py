@@ -440,14 +440,17 @@ class Broadcast:
 
     # -- subscriber side --
 
-    def subscribe(self, lossless: bool = False) -> MessageStream:
+    def subscribe(self, lossless: bool = False, *, replay: bool | None = None) -> MessageStream:
         """A new subscriber's stream (see the class docs for where it starts).
 
         ``lossless=True`` makes the producer wait for this subscriber instead of dropping
         messages it has not read; use it where every message counts and the child may be slowed.
+        ``replay`` overrides where it starts: True, at the oldest buffered message; False, at
+        the next one published, even for the first subscriber.
         """
-        if not self._subscribed_once:
-            self._subscribed_once = True
+        first = not self._subscribed_once
+        self._subscribed_once = True
+        if replay if replay is not None else first:
             sub = _Subscriber(self._head, lossless)
         else:
             sub = _Subscriber(self._next, lossless)

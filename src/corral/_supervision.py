@@ -3,7 +3,7 @@
 :class:`RestartTracker` applies a :class:`~corral.RestartPolicy` to one process's runs: it says
 whether the next run starts, after which delay, or why the process stays down. The manager
 publishes a :class:`ProcessEvent` for every step (spawned, exited, restarting, gave up,
-killed) to every subscriber of ``subscribe_events()``.
+killed, released) to every subscriber of ``subscribe_events()``.
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ class EventKind(enum.Enum):
     RESTARTING = "restarting"
     #: The restart limit was reached, or a restart failed to spawn: the process stays down.
     GAVE_UP = "gave_up"
-    #: The process was killed by ``kill`` / ``abort`` and forgotten.
+    #: The process was killed by ``kill`` / ``abort`` and forgotten (after its EXITED event).
     KILLED = "killed"
+    #: The process, exited, was forgotten by ``release`` (or by ``auto_release``).
+    RELEASED = "released"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +55,7 @@ class ProcessEvent:
     time: float
     #: The OS pid of the run concerned, if any.
     pid: int | None = None
-    #: How the run ended (EXITED, RESTARTING, GAVE_UP, KILLED).
+    #: How the run ended (EXITED, RESTARTING, GAVE_UP, KILLED, RELEASED).
     exit_status: ExitStatus | None = None
     #: Restarts so far.
     restarts: int = 0
@@ -131,9 +133,10 @@ class EventBroadcast:
         except RuntimeError:  # at interpreter exit the loop may be closed
             pass
 
-    def subscribe(self) -> ItemStream[ProcessEvent]:
-        """A new subscriber: the events from now on (the first one also gets those buffered)."""
-        return self._broadcast.subscribe().mapped(_as_event)
+    def subscribe(self, replay: bool = False) -> ItemStream[ProcessEvent]:
+        """A new subscriber: the events from now on; with ``replay``, also those still buffered
+        from before (a supervisor must not react to exits long past by default)."""
+        return self._broadcast.subscribe(replay=replay).mapped(_as_event)
 
     def close(self) -> None:
         """No more events: streams end once drained."""

@@ -57,6 +57,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from ._arguments import check_bool, check_process_id
 from ._errors import (
     CorralError,
     GetLogsError,
@@ -65,6 +66,7 @@ from ._errors import (
     ManagerAbortedError,
     ProcessNotFoundError,
     ReadMessageError,
+    ReleaseProcessError,
     SpawnProcessError,
     WriteMessageError,
     manager_aborted,
@@ -73,7 +75,7 @@ from ._handle import ProcessManagerHandle, ScopedProcessHandle
 from ._logs import LogsQuery
 from ._manager import ProcessManager
 from ._messages import Message
-from ._model import ProcessId, ProcessInfo, Runnable
+from ._model import ExitedProcessInfo, ProcessId, ProcessInfo, Runnable
 from ._requests import LogStream
 from ._supervision import ProcessEvent
 
@@ -513,7 +515,7 @@ class SyncProcessManager:
 
     # --- state ---------------------------------------------------------------------------------
 
-    def get_process_info(self, process_id: ProcessId) -> ProcessInfo:
+    def get_process_info(self, process_id: ProcessId | str) -> ProcessInfo:
         """A snapshot: pid, whether it runs, its exit status once it ended.
 
         >>> pm.get_process_info(pid).is_running
@@ -525,7 +527,7 @@ class SyncProcessManager:
             lambda: self._handle.get_process_info(process_id),
         )
 
-    def wait(self, process_id: ProcessId, timeout: float | None = None) -> ProcessInfo:
+    def wait(self, process_id: ProcessId | str, timeout: float | None = None) -> ExitedProcessInfo:
         """Block until the process exits; return its final info.
 
         After ``timeout`` seconds raises ``TimeoutError`` and leaves the process running.
@@ -537,12 +539,15 @@ class SyncProcessManager:
         )
 
     def list_processes(self) -> list[ProcessId]:
-        """The ids of every process the manager knows (running, or exited and not killed)."""
+        """The ids of every process the manager knows (running, or exited and not yet killed or
+        released)."""
         return self._call("list_processes", GetProcessInfoError, self._handle.list_processes)
 
     # --- logs ----------------------------------------------------------------------------------
 
-    def get_logs_stdout(self, process_id: ProcessId, query: LogsQuery = _FETCH_ALL) -> list[str]:
+    def get_logs_stdout(
+        self, process_id: ProcessId | str, query: LogsQuery = _FETCH_ALL
+    ) -> list[str]:
         """Lines of the captured stdout selected by ``query`` (all of them by default).
 
         See :meth:`ProcessManagerHandle.get_logs_stdout`.
@@ -555,7 +560,9 @@ class SyncProcessManager:
             lambda: self._handle.get_logs_stdout(process_id, query),
         )
 
-    def get_logs_stderr(self, process_id: ProcessId, query: LogsQuery = _FETCH_ALL) -> list[str]:
+    def get_logs_stderr(
+        self, process_id: ProcessId | str, query: LogsQuery = _FETCH_ALL
+    ) -> list[str]:
         """Lines of the captured stderr; see :meth:`get_logs_stdout`."""
         return self._call(
             "get_logs_stderr",
@@ -564,7 +571,7 @@ class SyncProcessManager:
         )
 
     def follow_logs(
-        self, process_id: ProcessId, stream: LogStream = "stdout"
+        self, process_id: ProcessId | str, stream: LogStream = "stdout"
     ) -> BlockingIterator[str]:
         """An iterator over the lines of a captured stream so far, then new ones as they come.
 
@@ -584,7 +591,7 @@ class SyncProcessManager:
 
     # --- messages ------------------------------------------------------------------------------
 
-    def send_message(self, process_id: ProcessId, message: Message | str | bytes) -> None:
+    def send_message(self, process_id: ProcessId | str, message: Message | str | bytes) -> None:
         """Write one message to the child's message input; blocks while the pipe is full.
 
         See :meth:`ProcessManagerHandle.send_message`.
@@ -596,18 +603,25 @@ class SyncProcessManager:
         )
 
     def subscribe_message_stream(
-        self, process_id: ProcessId, *, lossless: bool = False, ignore_lost_messages: bool = False
+        self,
+        process_id: ProcessId | str,
+        *,
+        lossless: bool = True,
+        ignore_lost_messages: bool = False,
     ) -> BlockingIterator[Message]:
         """A new subscriber to the child's message output, as an ordinary iterator.
 
-        The subscription starts at the call. A subscriber that fell behind gets
-        :class:`LostMessagesError` from ``next()`` and can go on calling ``next()``; with
-        ``ignore_lost_messages=True`` losses are skipped silently. See
+        The subscription starts at the call. Lossless by default; with ``lossless=False`` a
+        subscriber that fell behind gets :class:`LostMessagesError` from ``next()`` and can go
+        on calling ``next()``; with ``ignore_lost_messages=True`` losses are skipped silently.
+        See
         :meth:`ProcessManagerHandle.subscribe_message_stream`.
 
         >>> for message in pm.subscribe_message_stream(pid):
         ...     print(message.deserialize(MessageFormat.JSON))
         """
+
+        check_bool(ignore_lost_messages, "ignore_lost_messages", ReadMessageError)
 
         async def open_iterator() -> AsyncIterator[Message]:
             stream = await self._handle.subscribe_message_stream(process_id, lossless=lossless)
@@ -618,18 +632,19 @@ class SyncProcessManager:
         )
 
     def subscribe_events(
-        self, *, ignore_lost_messages: bool = False
+        self, *, replay: bool = False, ignore_lost_messages: bool = False
     ) -> BlockingIterator[ProcessEvent]:
-        """Every process's events from now on, as an ordinary iterator.
+        """Every process's events from the subscription on, as an ordinary iterator.
 
         See :meth:`ProcessManagerHandle.subscribe_events`.
 
         >>> for event in pm.subscribe_events():
         ...     print(event.kind.value, event.process_id)
         """
+        check_bool(ignore_lost_messages, "ignore_lost_messages", GetProcessInfoError)
 
         async def open_iterator() -> AsyncIterator[ProcessEvent]:
-            stream = await self._handle.subscribe_events()
+            stream = await self._handle.subscribe_events(replay=replay)
             return stream.ignore_lost_messages() if ignore_lost_messages else stream
 
         return _iterate_blocking(
@@ -638,20 +653,32 @@ class SyncProcessManager:
 
     # --- ending --------------------------------------------------------------------------------
 
-    def kill(self, process_id: ProcessId) -> None:
-        """SIGKILL the process's group if running, reap it, delete its dir, forget its id."""
+    def kill(self, process_id: ProcessId | str) -> None:
+        """SIGKILL the process's group (even when the leader already exited), reap it, delete
+        its dir, forget its id."""
         self._call("kill", KillProcessError, lambda: self._handle.kill(process_id))
 
-    def terminate(self, process_id: ProcessId, grace: float = 5.0) -> ProcessInfo:
+    def release(self, process_id: ProcessId | str) -> None:
+        """Forget a process that has exited and delete its dir; see
+        :meth:`ProcessManagerHandle.release` (a running one raises :class:`ReleaseProcessError`).
+
+        >>> pm.wait(pid)
+        >>> pm.release(pid)
+        """
+        self._call("release", ReleaseProcessError, lambda: self._handle.release(process_id))
+
+    def terminate(self, process_id: ProcessId | str, grace: float = 5.0) -> ExitedProcessInfo:
         """SIGTERM the process group; SIGKILL it if the child still runs after ``grace`` s.
 
-        Returns the final info; the process stays known until :meth:`kill`.
+        Returns the final info; the process stays known until :meth:`release` or :meth:`kill`.
         """
         return self._call(
             "terminate", KillProcessError, lambda: self._handle.terminate(process_id, grace)
         )
 
-    def send_signal(self, process_id: ProcessId, sig: int, *, group: bool = False) -> None:
+    def send_signal(
+        self, process_id: ProcessId | str, sig: int | str, *, group: bool = False
+    ) -> None:
         """Send ``sig`` to the child, or with ``group=True`` to its whole process group.
 
         >>> pm.send_signal(pid, signal.SIGHUP)
@@ -725,10 +752,10 @@ class SyncProcessHandle:
 
     __slots__ = ("_manager", "id")
 
-    def __init__(self, manager: SyncProcessManager, process_id: ProcessId) -> None:
+    def __init__(self, manager: SyncProcessManager, process_id: ProcessId | str) -> None:
         self._manager = manager
         #: The process this handle is bound to.
-        self.id = process_id
+        self.id = check_process_id(process_id, GetProcessInfoError)
 
     @property
     def manager(self) -> SyncProcessManager:
@@ -739,7 +766,7 @@ class SyncProcessHandle:
         """See :meth:`SyncProcessManager.get_process_info`."""
         return self._manager.get_process_info(self.id)
 
-    def wait(self, timeout: float | None = None) -> ProcessInfo:
+    def wait(self, timeout: float | None = None) -> ExitedProcessInfo:
         """See :meth:`SyncProcessManager.wait`."""
         return self._manager.wait(self.id, timeout)
 
@@ -747,11 +774,15 @@ class SyncProcessHandle:
         """See :meth:`SyncProcessManager.kill`."""
         self._manager.kill(self.id)
 
-    def terminate(self, grace: float = 5.0) -> ProcessInfo:
+    def release(self) -> None:
+        """See :meth:`SyncProcessManager.release`."""
+        self._manager.release(self.id)
+
+    def terminate(self, grace: float = 5.0) -> ExitedProcessInfo:
         """See :meth:`SyncProcessManager.terminate`."""
         return self._manager.terminate(self.id, grace)
 
-    def send_signal(self, sig: int, *, group: bool = False) -> None:
+    def send_signal(self, sig: int | str, *, group: bool = False) -> None:
         """See :meth:`SyncProcessManager.send_signal`."""
         self._manager.send_signal(self.id, sig, group=group)
 
@@ -768,7 +799,7 @@ class SyncProcessHandle:
         self._manager.send_message(self.id, message)
 
     def subscribe_message_stream(
-        self, *, lossless: bool = False, ignore_lost_messages: bool = False
+        self, *, lossless: bool = True, ignore_lost_messages: bool = False
     ) -> BlockingIterator[Message]:
         """See :meth:`SyncProcessManager.subscribe_message_stream`."""
         return self._manager.subscribe_message_stream(

@@ -99,6 +99,14 @@ print(json.dumps({
 #: Short delays for tests that are not about the delays.
 QUICK = Backoff(initial=0.01, factor=2, cap=0.05)
 
+#: Ignores SIGTERM, says so (an event to wait on: the stubborn child is ready), then waits.
+IGNORE_SIGTERM = """\
+import signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print("ignoring SIGTERM", flush=True)
+time.sleep(60)
+"""
+
 
 def fail_then_succeed(runs_dir: Path, failures: int, options: CmdOptions) -> Cmd:
     """A child that fails ``failures`` times, then succeeds (see FAIL_THEN_SUCCEED)."""
@@ -495,6 +503,57 @@ async def test_a_subscriber_that_does_not_read_loses_events_with_the_count(
     assert kept[-1].kind is EventKind.EXITED
     rest = await events_after_abort(manager, events)
     assert kinds(rest) == [EventKind.KILLED] * n
+
+
+async def test_a_late_subscriber_starts_at_its_subscription_not_in_history(
+    manager: ProcessManagerHandle,
+) -> None:
+    n = 300  # 600 events buffered before anyone subscribes
+    ids = await asyncio.gather(*(manager.spawn(Cmd("true")) for _ in range(n)))
+    await asyncio.gather(*(manager.wait(process_id, TIMEOUT) for process_id in ids))
+    events = await manager.subscribe_events()
+    replayed = await manager.subscribe_events(replay=True)
+    wanted = await manager.spawn(Cmd("true"))
+    # The very next event is the new spawn: no stale exit, no LostMessagesError before it.
+    async with asyncio.timeout(TIMEOUT):
+        first = await anext(events)
+    assert (first.kind, first.process_id) == (EventKind.SPAWNED, wanted)
+    # Asked for, the history is there (the oldest event buffered first).
+    async with asyncio.timeout(TIMEOUT):
+        oldest = await anext(replayed)
+    assert (oldest.kind, oldest.process_id) == (EventKind.SPAWNED, ids[0])
+
+
+async def test_every_exit_publishes_its_event_with_its_real_status(
+    manager: ProcessManagerHandle,
+) -> None:
+    events = await manager.subscribe_events()
+    terminated = await manager.spawn(Cmd("sleep", ["60"]))
+    killed = await manager.spawn(Cmd("sleep", ["60"]))
+    says = CmdOptions.with_message_output(MessagingType.STANDARD_IO)
+    stubborn = await manager.spawn(python_cmd(IGNORE_SIGTERM, options=says))
+    ready = await manager.subscribe_message_stream(stubborn)
+    async with asyncio.timeout(TIMEOUT):  # it ignores SIGTERM from now on
+        assert (await anext(ready)).to_string() == "ignoring SIGTERM"
+
+    await manager.terminate(terminated, grace=TIMEOUT)
+    exited = await events_until(events, lambda e: e.kind is EventKind.EXITED)
+    assert (exited[-1].process_id, exited[-1].exit_status) == (
+        terminated,
+        ExitStatus(None, signal.SIGTERM, False),
+    )
+    await manager.terminate(stubborn, grace=0.1)
+    exited = await events_until(events, lambda e: e.kind is EventKind.EXITED)
+    assert (exited[-1].process_id, exited[-1].exit_status) == (
+        stubborn,
+        ExitStatus(None, signal.SIGKILL, False),
+    )
+    await manager.kill(killed)
+    seen = await events_until(events, lambda e: e.kind is EventKind.KILLED)
+    assert [(e.kind, e.exit_status) for e in of(seen, killed)] == [
+        (EventKind.EXITED, ExitStatus(None, signal.SIGKILL, False)),
+        (EventKind.KILLED, ExitStatus(None, signal.SIGKILL, False)),
+    ]
 
 
 # --- resource limits ----------------------------------------------------------------------------

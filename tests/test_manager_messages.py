@@ -1092,3 +1092,109 @@ async def test_many_messaging_cycles_leave_nothing_behind(
     assert [name for name in os.listdir(work_dir) if not name.startswith(".")] == []
     assert await manager.list_processes() == []
     assert_no_zombie()
+
+
+# --- defaults that lose nothing -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("output", [STDIO, PIPE], ids=["stdio", "pipe"])
+async def test_the_default_subscription_loses_nothing_to_a_slow_consumer(
+    manager: ProcessManagerHandle, output: MessagingType
+) -> None:
+    count = 200  # results written at once into a buffer of 16, taken 2 ms apiece
+    proc = await manager.spawn_with_handle(gated_lines(count, output))
+    stream = await proc.subscribe_message_stream()
+    await proc.send_message("go")
+    results: list[str] = []
+    async with asyncio.timeout(TIMEOUT):
+        async for text in stream.strings():  # a LostMessagesError would end the test here
+            results.append(text)
+            await asyncio.sleep(0.002)  # the work done per result
+    assert results == numbers(count)
+    assert succeeded(await proc.wait(TIMEOUT))
+
+
+@pytest.mark.parametrize("message_input", [STDIO, PIPE], ids=["stdio", "pipe"])
+async def test_a_send_to_a_process_that_has_exited_says_so(
+    manager: ProcessManagerHandle, message_input: MessagingType
+) -> None:
+    pid = await manager.spawn(Cmd("true", options=CmdOptions(message_input=message_input)))
+    await manager.wait(pid, TIMEOUT)
+    with pytest.raises(WriteMessageError, match="has exited") as caught:
+        await manager.send_message(pid, "job 1")
+    assert caught.value.process_id == pid
+
+
+@pytest.mark.parametrize("message_input", [STDIO, PIPE], ids=["stdio", "pipe"])
+async def test_a_send_just_after_the_exit_fails_before_the_loop_has_seen_it(
+    manager: ProcessManagerHandle, message_input: MessagingType
+) -> None:
+    # A grandchild keeps the stdin pipe open (no EPIPE), and a FIFO's parent end never
+    # reports one: only the exit tells that nobody will read.
+    script = "sleep 30 <&0 >/dev/null 2>&1 & exit 0"
+    pid = await manager.spawn(Cmd("sh", ["-c", script], CmdOptions(message_input=message_input)))
+    os_pid = (await manager.get_process_info(pid)).pid
+    assert os_pid is not None
+    # Block (this loop included) until the child is a zombie, without reaping it: the manager
+    # has not handled the exit when the send comes.
+    os.waitid(os.P_PID, os_pid, os.WEXITED | os.WNOWAIT)
+    with pytest.raises(WriteMessageError, match="has exited"):
+        await manager.send_message(pid, "job 1")
+    assert not (await manager.get_process_info(pid)).is_running
+    await manager.kill(pid)
+
+
+#: A worker that takes one job per line, answers "done <job>", and dies on the job "poison".
+WORKER = (
+    CHANNELS
+    + """\
+for line in inp:
+    job = line.strip()
+    if job == b"poison":
+        os._exit(1)
+    out.write(b"done " + job + b"\\n")
+    out.flush()
+"""
+)
+
+
+async def test_a_dead_workers_jobs_are_requeued_when_its_stream_ends(
+    manager: ProcessManagerHandle,
+) -> None:
+    # The pattern of docs/messages.md: a job counts as done when its result arrives; the end of
+    # a worker's stream means it is gone, and every job it had not answered goes to another.
+    jobs = [f"job{i}" for i in range(20)]
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for job in [*jobs[:5], "poison", *jobs[5:]]:
+        queue.put_nowait(job)
+    done: set[str] = set()
+    opts = options(STDIO, STDIO)
+
+    async def worker() -> None:
+        while not queue.empty():
+            proc = await manager.spawn_with_handle(python_cmd(WORKER, options=opts))
+            stream = await proc.subscribe_message_stream()
+            sent: list[str] = []
+            while not queue.empty() or sent:
+                if not queue.empty() and len(sent) < 4:
+                    job = queue.get_nowait()
+                    sent.append(job)
+                    try:
+                        await proc.send_message(job)
+                    except WriteMessageError:
+                        break  # gone before it read this one: requeued below
+                    continue
+                message = await anext(stream, None)
+                if message is None:
+                    break  # the worker is gone: what it did not answer is requeued below
+                finished = message.to_string().removeprefix("done ")
+                done.add(finished)
+                sent.remove(finished)
+            for job in sent:
+                if job != "poison":
+                    queue.put_nowait(job)
+            await proc.kill()
+
+    async with asyncio.timeout(TIMEOUT):
+        await asyncio.gather(worker(), worker())
+    assert done == set(jobs)

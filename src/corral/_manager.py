@@ -176,7 +176,7 @@ class ProcessManager:
         Returns ``None`` once the pipe took the message, else the writer's future for the rest
         (cancelling it withdraws a message not started). Raises the send's error.
         """
-        writer = self._get(process_id, WriteMessageError).writer
+        writer = self._get(process_id, WriteMessageError).writer_for_send()
         if writer is None:
             raise messaging_not_configured(WriteMessageError, process_id, "input")
         return writer.enqueue(data)
@@ -346,12 +346,13 @@ class ProcessManager:
             envelope.resolve(process_id)
 
     def _on_send(self, envelope: Envelope[Any], process: ManagedProcess, data: bytes) -> None:
-        if process.writer is None:
+        writer = process.writer_for_send()
+        if writer is None:
             raise messaging_not_configured(WriteMessageError, process.id, "input")
         if envelope.abandoned:  # the caller was cancelled before the message was queued
             return
         # The actor never waits for a pipe: the writer queues, the reply follows the write.
-        written = process.writer.enqueue(data)
+        written = writer.enqueue(data)
         if written is None:  # the usual case: the pipe took it all
             envelope.resolve(None)
             return

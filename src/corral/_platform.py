@@ -39,12 +39,22 @@ def _probe_pidfd() -> bool:
 #: Whether exit detection uses pidfds (else one waiting thread per child).
 HAS_PIDFD = _probe_pidfd()
 
+#: waitid() flags that ask, without waiting or reaping, whether a child has exited.
+_EXITED_NOW = os.WEXITED | os.WNOHANG | os.WNOWAIT if HAS_PIDFD else 0
+
 
 class ExitWatch:
     """A running watch on one child; ``cancel()`` stops it (idempotent)."""
 
-    def __init__(self, cancel: Callable[[], None]) -> None:
+    def __init__(self, cancel: Callable[[], None], check: Callable[[], bool] | None = None) -> None:
         self._cancel: Callable[[], None] | None = cancel
+        self._check = check
+
+    def check(self) -> bool:
+        """If the child has exited and the loop has not said so yet, handle the exit now (its
+        callbacks run here); True if it did. Costs one system call with a pidfd; elsewhere the
+        waiting thread reports the exit and this returns False."""
+        return self._check is not None and self._cancel is not None and self._check()
 
     def cancel(self) -> None:
         """Stop watching and release the watch's fd (if any)."""
@@ -113,8 +123,6 @@ class ExitWatcher:
                 epoll.unregister(pidfd)
             os.close(pidfd)
 
-        watch = ExitWatch(cancel)
-
         def readable() -> None:
             before_reap()  # a readable pidfd means exited, not yet reaped
             returncode = popen.poll()
@@ -122,6 +130,14 @@ class ExitWatcher:
                 watch.cancel()
                 on_exit(returncode)
 
+        def check() -> bool:
+            # Exited (a zombie) but not yet seen by the loop: see it now.
+            if os.waitid(os.P_PIDFD, pidfd, _EXITED_NOW) is None:
+                return False
+            readable()
+            return True
+
+        watch = ExitWatch(cancel, check)
         self._on_ready[pidfd] = readable
         return watch
 

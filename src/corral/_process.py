@@ -174,6 +174,15 @@ class ManagedProcess:
         """The latest run's message input (None when not configured)."""
         return self._run.writer
 
+    def writer_for_send(self) -> MessageWriter | None:
+        """:attr:`writer`, once an exit the loop has not handled yet is handled: a message
+        written after the child is gone would vanish without an error (a FIFO's parent end, or
+        a pipe a grandchild still holds, never reports EPIPE)."""
+        run = self._run
+        if run.watch is not None:
+            run.watch.check()
+        return self._run.writer
+
     def info(self) -> ProcessInfo:
         """A snapshot of the process's state."""
         return ProcessInfo(

@@ -430,7 +430,7 @@ BAD_VALUES: dict[str, tuple[Any, list[Any]]] = {
         LoggingType.STDERR_ONLY,
         ["stdout_only", 2, MessagingType.STANDARD_IO],
     ),
-    "output_buffer_capacity": (1, [0, -1, True, False, 1.5, "16", None]),
+    "output_buffer_capacity": (1, [0, -1, True, False, 1.5, "16", None, 2**62, 2**20 + 1]),
     "restart_policy": (RestartPolicy.on_failure(), ["always", None, 3, RestartMode.ALWAYS]),
     "rlimits": (
         {resource.RLIMIT_NOFILE: (64, 128)},
@@ -481,6 +481,14 @@ def test_cmd_options_rejects_bad_values_in_replace() -> None:
     with pytest.raises(CmdOptionsError):
         CmdOptions().replace(output_buffer_capacity=0)
     assert CmdOptions().replace(output_buffer_capacity=3).output_buffer_capacity == 3
+
+
+def test_cmd_options_output_buffer_capacity_is_bounded() -> None:
+    # The ring is allocated at spawn: a huge capacity must fail here, before any child runs.
+    assert CmdOptions(output_buffer_capacity=1_048_576).output_buffer_capacity == 1_048_576
+    for huge in (1_048_577, 2**62):
+        with pytest.raises(CmdOptionsError, match="1048576"):
+            CmdOptions(output_buffer_capacity=huge)
 
 
 def test_cmd_options_output_buffer_capacity_zero() -> None:
@@ -566,7 +574,7 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "message_input": st.none() | st.sampled_from(MessagingType),
     "message_output": st.none() | st.sampled_from(MessagingType),
     "logging_type": st.none() | st.sampled_from(LoggingType),
-    "output_buffer_capacity": st.integers(min_value=1, max_value=2**40),
+    "output_buffer_capacity": st.integers(min_value=1, max_value=2**20),
 }
 INVALID: dict[str, st.SearchStrategy[Any]] = {
     "current_dir": st.sampled_from(["", "a\0b", 3, 1.5, b"/tmp", ["/"], *UNENCODABLE]),
@@ -584,6 +592,7 @@ INVALID: dict[str, st.SearchStrategy[Any]] = {
     "message_output": st.sampled_from(["named_pipe", 0, LoggingType.STDERR_ONLY]),
     "logging_type": st.sampled_from(["stdout_only", 1, MessagingType.NAMED_PIPE]),
     "output_buffer_capacity": st.integers(max_value=0)
+    | st.integers(min_value=2**20 + 1)
     | st.sampled_from([True, False, 2.0, "8", None]),
 }
 
@@ -660,7 +669,7 @@ def _expected(name: str, value: Any) -> Any:
         case "logging_type":
             ok = value is None or isinstance(value, LoggingType)
         case "output_buffer_capacity":
-            ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+            ok = isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 2**20
         case _:
             raise AssertionError(name)
     if not ok:

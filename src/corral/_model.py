@@ -231,9 +231,22 @@ def _validate_enum(value: object, enum_type: type[enum.Enum], name: str) -> Any:
     return value
 
 
+#: The largest ``output_buffer_capacity``. The ring of that many slots is allocated when the
+#: process starts (8 bytes a slot: 8 MiB here), so a huge value would fail only then, after the
+#: child runs; a million messages is far more than any subscriber catches up on.
+_MAX_OUTPUT_BUFFER_CAPACITY = 1_048_576
+
+
 def _validate_capacity(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise CmdOptionsError(f"output_buffer_capacity must be an int > 0, not {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not 0 < value <= _MAX_OUTPUT_BUFFER_CAPACITY
+    ):
+        raise CmdOptionsError(
+            f"output_buffer_capacity must be an int from 1 to {_MAX_OUTPUT_BUFFER_CAPACITY}, "
+            f"not {value!r}"
+        )
     return value
 
 
@@ -448,7 +461,7 @@ class CmdOptions:
     >>> opts.output_buffer_capacity = 0
     Traceback (most recent call last):
     ...
-    corral._errors.CmdOptionsError: output_buffer_capacity must be an int > 0, not 0
+    corral._errors.CmdOptionsError: output_buffer_capacity must be an int from 1 to 1048576, not 0
     """
 
     #: Working directory of the child (``None``: the parent's).
@@ -465,7 +478,8 @@ class CmdOptions:
     message_output: MessagingType | None = None
     #: Which output streams are captured to log files (``None``: none, they go to /dev/null).
     logging_type: LoggingType | None = None
-    #: How many output messages are buffered for subscribers (> 0).
+    #: How many output messages are buffered for subscribers: 1 to 1,048,576 (the buffer is
+    #: allocated when the process starts, 8 bytes per message slot).
     output_buffer_capacity: int = 16
     #: Whether and how the process is restarted after it ends by itself.
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)

@@ -160,32 +160,25 @@ def _prepare_messaging(options: CmdOptions, process_dir: Path, stdio: _Stdio) ->
         stdio.env[OUTPUT_PIPE_ENV_NAME] = str(path)
 
 
-def _prepare_stdio(options: CmdOptions, process_dir: Path, devnull: int) -> _Stdio:
-    stdio = _Stdio(devnull, devnull, devnull)
-    try:
-        _prepare_messaging(options, process_dir, stdio)
-        logging_type = options.logging_type
-        if logging_type is LoggingType.STDOUT_AND_STDERR_MERGED:
-            path = process_dir / MERGED_LOG_NAME
-            fd = _open_log(path)
-            stdio.child_ends.append(fd)
-            stdio.stdout = stdio.stderr = fd
-            stdio.logs = {"stdout": path, "stderr": path}
-        elif logging_type is not None:
-            if logging_type.captures_stdout:
-                path = process_dir / STDOUT_LOG_NAME
-                stdio.stdout = _open_log(path)
-                stdio.child_ends.append(stdio.stdout)
-                stdio.logs["stdout"] = path
-            if logging_type.captures_stderr:
-                path = process_dir / STDERR_LOG_NAME
-                stdio.stderr = _open_log(path)
-                stdio.child_ends.append(stdio.stderr)
-                stdio.logs["stderr"] = path
-    except BaseException:
-        stdio.close_all()
-        raise
-    return stdio
+def _prepare_logs(options: CmdOptions, process_dir: Path, stdio: _Stdio) -> None:
+    logging_type = options.logging_type
+    if logging_type is LoggingType.STDOUT_AND_STDERR_MERGED:
+        path = process_dir / MERGED_LOG_NAME
+        fd = _open_log(path)
+        stdio.child_ends.append(fd)
+        stdio.stdout = stdio.stderr = fd
+        stdio.logs = {"stdout": path, "stderr": path}
+    elif logging_type is not None:
+        if logging_type.captures_stdout:
+            path = process_dir / STDOUT_LOG_NAME
+            stdio.stdout = _open_log(path)
+            stdio.child_ends.append(stdio.stdout)
+            stdio.logs["stdout"] = path
+        if logging_type.captures_stderr:
+            path = process_dir / STDERR_LOG_NAME
+            stdio.stderr = _open_log(path)
+            stdio.child_ends.append(stdio.stderr)
+            stdio.logs["stderr"] = path
 
 
 def make_private_dir(path: str | os.PathLike[str]) -> None:
@@ -321,19 +314,48 @@ def spawn_child(
     return child
 
 
+def _spawn_error(process_id: ProcessId, cmd: Cmd, exc: Exception) -> SpawnProcessError:
+    """What a failure of ``start_child`` is reported as, saying which part of ``cmd`` failed."""
+    if isinstance(exc, subprocess.SubprocessError):  # raised by _limits_setter in the child
+        return SpawnProcessError(
+            f"cannot apply the rlimits / nice of process {process_id} ({cmd}) in the child "
+            f"(raising a hard limit or lowering niceness needs privileges)",
+            process_id=process_id,
+        )
+    if not isinstance(exc, OSError):  # not expected of valid options: say what it was
+        return SpawnProcessError(
+            f"cannot spawn process {process_id} ({cmd}): {exc!r}", process_id=process_id
+        )
+    current_dir = cmd.options.current_dir
+    # Popen names its cwd (the very Path passed) in an error from before the exec: the chdir.
+    if current_dir is not None and exc.filename is current_dir:
+        return SpawnProcessError(
+            f"bad working directory (current_dir) {str(current_dir)!r} of process {process_id} "
+            f"({cmd}): {exc.strerror or exc}",
+            process_id=process_id,
+        )
+    return SpawnProcessError(
+        f"cannot spawn process {process_id} ({cmd}): {_describe(exc)}", process_id=process_id
+    )
+
+
 def start_child(process_id: ProcessId, cmd: Cmd, process_dir: Path, devnull: int) -> SpawnedChild:
     """Start ``cmd`` in its existing process dir: a first run, or a restart.
 
     Log files are appended to and FIFOs reused, so a restart goes on where the last run ended.
-    On failure raises :class:`SpawnProcessError` having closed every fd it opened.
+    On any failure raises :class:`SpawnProcessError` having closed every fd it opened.
     """
     data_dir = os.path.join(process_dir, DATA_DIR_NAME)
+    options = cmd.options
+    # Every fd opened from here on is recorded in stdio as soon as it exists, for close_all.
+    stdio = _Stdio(devnull, devnull, devnull)
     try:
-        stdio = _prepare_stdio(cmd.options, process_dir, devnull)
-        env = build_env(cmd.options, {PROCESS_DATA_DIR_ENV_NAME: data_dir, **stdio.env})
+        _prepare_messaging(options, process_dir, stdio)
+        _prepare_logs(options, process_dir, stdio)
+        env = build_env(options, {PROCESS_DATA_DIR_ENV_NAME: data_dir, **stdio.env})
         argv = cmd.argv()
         found = _find_program(argv[0], env)
-        limits = _limits_setter(cmd.options)
+        limits = _limits_setter(options)
 
         def start(executable: bytes | None) -> subprocess.Popen[bytes]:
             return subprocess.Popen(
@@ -342,38 +364,28 @@ def start_child(process_id: ProcessId, cmd: Cmd, process_dir: Path, devnull: int
                 stdin=stdio.stdin,
                 stdout=stdio.stdout,
                 stderr=stdio.stderr,
-                cwd=cmd.options.current_dir,
+                cwd=options.current_dir,
                 env=env,
                 process_group=0,
                 close_fds=True,
-                umask=-1 if cmd.options.umask is None else cmd.options.umask,
+                umask=-1 if options.umask is None else options.umask,
                 preexec_fn=limits,
             )
 
         try:
-            try:
-                popen = start(found)
-            except OSError:
-                if found is None:
-                    raise
-                # The file found did not exec (a dir, a bad format, gone meanwhile): exec's own
-                # search decides, and its error names the program as given.
-                popen = start(None)
-        except BaseException:
-            stdio.close_all()
-            raise
-        stdio.close_child_ends()  # the child has its copies
-    except subprocess.SubprocessError as exc:  # raised by _limits_setter in the child
-        raise SpawnProcessError(
-            f"cannot apply the rlimits / nice of process {process_id} ({cmd}) in the child "
-            f"(raising a hard limit or lowering niceness needs privileges)",
-            process_id=process_id,
-        ) from exc
-    except OSError as exc:
-        raise SpawnProcessError(
-            f"cannot spawn process {process_id} ({cmd}): {_describe(exc)}",
-            process_id=process_id,
-        ) from exc
+            popen = start(found)
+        except OSError:
+            if found is None:
+                raise
+            # The file found did not exec (a dir, a bad format, gone meanwhile): exec's own
+            # search decides, and its error names the program as given.
+            popen = start(None)
+    except BaseException as exc:
+        stdio.close_all()
+        if isinstance(exc, Exception):
+            raise _spawn_error(process_id, cmd, exc) from exc
+        raise
+    stdio.close_child_ends()  # the child has its copies
     return SpawnedChild(
         popen=popen,
         cmd=cmd,

@@ -1,0 +1,118 @@
+"""Spawns that fail, and spawns under hostile conditions (no fd left, an odd umask): each says
+what was wrong and leaves nothing behind, no fd, no process dir; the modes corral promises hold."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from conftest import TIMEOUT, fd_count
+
+from corral import (
+    Backoff,
+    Cmd,
+    CmdOptions,
+    LoggingType,
+    MessagingType,
+    ProcessManagerHandle,
+    RestartPolicy,
+    SpawnProcessError,
+)
+
+
+def mode(path: Path) -> int:
+    """The permission bits of ``path``."""
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+# --- a bad current_dir --------------------------------------------------------------------------
+
+
+def _missing(tmp_path: Path) -> Path:
+    return tmp_path / "no" / "such" / "dir"
+
+
+def _a_file(tmp_path: Path) -> Path:
+    path = tmp_path / "a-file"
+    path.write_text("not a dir")
+    return path
+
+
+def _no_permission(tmp_path: Path) -> Path:
+    path = tmp_path / "locked"
+    path.mkdir(mode=0o000)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make_dir",
+    [
+        _missing,
+        _a_file,
+        pytest.param(
+            _no_permission,
+            marks=pytest.mark.skipif(os.geteuid() == 0, reason="root may enter any dir"),
+        ),
+    ],
+    ids=["missing", "a file", "no permission"],
+)
+async def test_a_bad_current_dir_is_named_as_the_working_directory_of_the_process(
+    manager: ProcessManagerHandle, work_dir: Path, tmp_path: Path, make_dir: object
+) -> None:
+    assert callable(make_dir)
+    bad = make_dir(tmp_path)
+    with pytest.raises(SpawnProcessError) as caught:
+        await manager.spawn(Cmd("true", options=CmdOptions(current_dir=bad)))
+    text = str(caught.value)
+    assert "working directory (current_dir)" in text
+    assert repr(str(bad)) in text
+    assert str(caught.value.process_id) in text
+    assert isinstance(caught.value.__cause__, OSError)
+    assert os.listdir(work_dir) == []
+    assert await manager.list_processes() == []
+
+
+# --- values the OS cannot take -------------------------------------------------------------------
+
+
+def _unencodable_options() -> CmdOptions:
+    """Options that open fds at spawn (two pipes, a log), with an env value that has no bytes.
+
+    Construction refuses such a value; the dict itself can still be changed afterwards.
+    """
+    options = CmdOptions(
+        message_input=MessagingType.STANDARD_IO,
+        message_output=MessagingType.STANDARD_IO,
+        logging_type=LoggingType.STDERR_ONLY,
+    )
+    options.envs["BAD"] = "\ud800"
+    return options
+
+
+async def test_a_failed_spawn_closes_every_fd_whatever_the_error(
+    manager: ProcessManagerHandle, work_dir: Path
+) -> None:
+    await manager.wait(await manager.spawn(Cmd("true")), TIMEOUT)  # the guardian runs already
+    before = fd_count()
+    for _ in range(5):
+        with pytest.raises(SpawnProcessError, match="UnicodeEncodeError"):
+            await manager.spawn(Cmd("true", options=_unencodable_options()))
+    assert fd_count() == before
+    assert len(os.listdir(work_dir)) == 1  # the first process's dir only
+
+
+async def test_a_restart_that_cannot_start_gives_up_without_leaking(
+    manager: ProcessManagerHandle,
+) -> None:
+    policy = RestartPolicy.always(max_restarts=2, backoff=Backoff(initial=0.01, cap=0.01))
+    cmd = Cmd("sh", ["-c", "exit 1"], CmdOptions(restart_policy=policy))
+    process_id = await manager.spawn(cmd)
+    await manager.wait(await manager.spawn(Cmd("true")), TIMEOUT)  # the guardian runs already
+    before = fd_count()
+    cmd.options.envs["BAD"] = "\ud800"  # every restart from now on fails to start
+    info = await manager.wait(process_id, TIMEOUT)
+    assert not info.is_running
+    assert info.gave_up_reason is not None
+    assert fd_count() == before

@@ -3,8 +3,11 @@ what was wrong and leaves nothing behind, no fd, no process dir; the modes corra
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,8 +19,11 @@ from corral import (
     CmdOptions,
     LoggingType,
     MessagingType,
+    ProcessManager,
     ProcessManagerHandle,
     RestartPolicy,
+    Script,
+    ScriptingLanguage,
     SpawnProcessError,
 )
 
@@ -116,3 +122,87 @@ async def test_a_restart_that_cannot_start_gives_up_without_leaking(
     assert not info.is_running
     assert info.gave_up_reason is not None
     assert fd_count() == before
+
+
+# --- no fd left --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def fds_left(count: int) -> Iterator[None]:
+    """Only ``count`` new fds can be opened in the block (RLIMIT_NOFILE, and every lower fd taken).
+
+    The limit is put back, and the fillers closed, at the end.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    fillers: list[int] = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+    try:
+        with contextlib.suppress(OSError):  # EMFILE: every fd below the limit is taken
+            while True:
+                fillers.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+        for _ in range(count):
+            os.close(fillers.pop())
+        yield
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+#: Two log files: with one fd free, the first opens and the second fails.
+TWO_LOGS = CmdOptions(logging_type=LoggingType.STDOUT_AND_STDERR)
+
+
+async def test_a_spawn_that_runs_out_of_fds_leaves_no_process_dir(
+    manager: ProcessManagerHandle, work_dir: Path
+) -> None:
+    first = await manager.spawn(Cmd("true"))  # the guardian runs already
+    await manager.wait(first, TIMEOUT)
+    for runnable in (
+        Cmd("true", options=TWO_LOGS),
+        Script(ScriptingLanguage.BASH, "true", options=TWO_LOGS),
+    ):
+        with fds_left(1):
+            with pytest.raises(SpawnProcessError, match="Too many open files") as caught:
+                await manager.spawn(runnable)
+            failed = work_dir / str(caught.value.process_id)
+            assert not failed.exists()  # a stat: no fd needed to check
+        assert sorted(os.listdir(work_dir)) == [str(first)]
+    await manager.abort()
+    assert os.listdir(work_dir) == []
+
+
+class LeavesAFile:
+    """A Runnable whose ``clean_after_fail`` forgets a file it wrote."""
+
+    def bootstrap_cmd(self, process_dir: Path) -> Cmd:
+        (process_dir / "config.toml").write_text("x = 1\n")
+        return Cmd("true", options=TWO_LOGS)
+
+    def clean_after_fail(self, process_dir: Path) -> None:
+        pass
+
+
+async def test_a_process_dir_that_needs_fds_to_remove_is_removed_once_fds_are_free(
+    work_dir: Path,
+) -> None:
+    async with ProcessManager.spawn(work_dir) as handle:
+        await handle.wait(await handle.spawn(Cmd("true")), TIMEOUT)  # the guardian runs already
+        with fds_left(1), pytest.raises(SpawnProcessError) as caught:
+            await handle.spawn(LeavesAFile())
+        failed = work_dir / str(caught.value.process_id)
+    assert not failed.exists()
+    assert os.listdir(work_dir) == []
+
+
+async def test_the_next_spawn_removes_what_a_spawn_without_fds_could_not(
+    manager: ProcessManagerHandle, work_dir: Path
+) -> None:
+    await manager.wait(await manager.spawn(Cmd("true")), TIMEOUT)  # the guardian runs already
+    with fds_left(1), pytest.raises(SpawnProcessError) as caught:
+        await manager.spawn(LeavesAFile())
+    failed = work_dir / str(caught.value.process_id)
+    second = await manager.spawn(Cmd("true"))
+    assert not failed.exists()
+    assert (work_dir / str(second)).is_dir()

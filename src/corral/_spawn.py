@@ -40,6 +40,7 @@ __all__ = [
     "build_env",
     "make_private_dir",
     "remove_process_dir",
+    "retry_unremoved",
     "spawn_child",
     "start_child",
 ]
@@ -56,6 +57,19 @@ OUTPUT_FIFO_NAME = "output.pipe"
 STDOUT_LOG_NAME = "stdout.log"
 STDERR_LOG_NAME = "stderr.log"
 MERGED_LOG_NAME = "output.log"
+
+#: What corral itself puts in a process dir, besides the data dir: removable by name.
+_KNOWN_FILES = (
+    INPUT_FIFO_NAME,
+    OUTPUT_FIFO_NAME,
+    STDOUT_LOG_NAME,
+    STDERR_LOG_NAME,
+    MERGED_LOG_NAME,
+)
+
+#: Process dirs that could not be removed (say, with no fd left for rmtree and a file of a
+#: custom Runnable in them): tried again at the next spawn and when the working dir is released.
+_UNREMOVED: set[str] = set()
 
 
 @dataclass(slots=True)
@@ -190,13 +204,52 @@ def make_private_dir(path: str | os.PathLike[str]) -> None:
         os.chmod(path, 0o700)
 
 
-def remove_process_dir(process_dir: Path) -> None:
-    """Delete a process dir and everything in it; the common empty case costs two rmdirs."""
+def _rmdir(path: str) -> bool:
+    """Remove the empty dir ``path``; whether it is gone."""
     try:
-        os.rmdir(os.path.join(process_dir, DATA_DIR_NAME))
-        os.rmdir(process_dir)
+        os.rmdir(path)
+    except FileNotFoundError:
+        return True
     except OSError:
-        shutil.rmtree(process_dir, ignore_errors=True)
+        return False
+    return True
+
+
+def remove_process_dir(process_dir: str | os.PathLike[str]) -> bool:
+    """Delete a process dir and everything in it; whether it is gone.
+
+    What corral makes there is removed by name, with no fd: that still works when the process
+    has no fd left (a spawn that failed for want of fds), where rmtree, which opens every dir it
+    walks, fails. The empty case costs two rmdirs. Anything else goes to rmtree; a dir even that
+    cannot remove is kept for :func:`retry_unremoved`, never forgotten.
+    """
+    path = os.fspath(process_dir)
+    _rmdir(os.path.join(path, DATA_DIR_NAME))
+    if _rmdir(path):
+        return True
+    for name in _KNOWN_FILES:
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(path, name))
+    if _rmdir(os.path.join(path, DATA_DIR_NAME)) and _rmdir(path):
+        return True
+    shutil.rmtree(path, ignore_errors=True)
+    if os.path.lexists(path):
+        _UNREMOVED.add(path)
+        return False
+    return True
+
+
+def retry_unremoved(working_dir: str | os.PathLike[str] | None = None) -> list[str]:
+    """Try again to remove the process dirs that could not be removed (those in ``working_dir``,
+    or all); return the ones still there."""
+    parent = None if working_dir is None else os.fspath(working_dir)
+    left: list[str] = []
+    for path in list(_UNREMOVED):  # a copy: another thread's manager may add meanwhile
+        if parent is None or os.path.dirname(path) == parent:
+            _UNREMOVED.discard(path)
+            if not remove_process_dir(path):
+                left.append(path)
+    return left
 
 
 def _inherited_env() -> dict[bytes, bytes]:
@@ -276,13 +329,15 @@ def spawn_child(
 
     ``devnull`` is an fd open on ``/dev/null`` (shared by all children of a manager).
     """
+    if _UNREMOVED:
+        retry_unremoved()
     process_dir = working_dir / str(process_id)
     try:
         make_private_dir(process_dir)
         # A str: a Path costs ~3 µs per join, on the way to the exec.
         make_private_dir(os.path.join(process_dir, DATA_DIR_NAME))
     except OSError as exc:
-        shutil.rmtree(process_dir, ignore_errors=True)
+        remove_process_dir(process_dir)
         raise SpawnProcessError(
             f"cannot create the process dir of process {process_id} in {str(working_dir)!r}: "
             f"{_describe(exc)}",
@@ -309,7 +364,7 @@ def spawn_child(
         if bootstrapped:
             with contextlib.suppress(Exception):
                 runnable.clean_after_fail(process_dir)
-        shutil.rmtree(process_dir, ignore_errors=True)
+        remove_process_dir(process_dir)
         raise
     return child
 

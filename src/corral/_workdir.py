@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 from . import _guardian as guardian
+from ._spawn import retry_unremoved
 
 __all__ = ["WorkingDir"]
 
@@ -107,10 +108,15 @@ class WorkingDir:
         return cls(path, owned=False, lock_fd=fd, stale=stale)
 
     def release(self) -> None:
-        """Remove the dir if corral made it; else drop the lock."""
+        """Remove the dir if corral made it; else drop the lock, once the process dirs that
+        could not be removed before (with no fd left, say) are."""
         if self.owned:
             shutil.rmtree(self.path, ignore_errors=True)
             guardian.unregister_dir(self.path)
+            retry_unremoved(self.path)  # gone with the rest: forget them
         elif self._lock_fd >= 0:
+            left = retry_unremoved(self.path)
+            if left:
+                _log.warning("cannot remove the process dir(s) %s", ", ".join(left))
             os.close(self._lock_fd)  # closing the only fd on it drops the flock
             self._lock_fd = -1

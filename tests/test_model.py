@@ -356,6 +356,13 @@ def test_script_options_must_be_cmd_options() -> None:
         Script(ScriptingLanguage.BASH, "true", [], {"clear_envs": True})  # type: ignore[arg-type]
 
 
+@pytest.mark.usefixtures("restore_umask")
+def test_script_file_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    os.umask(0o277)
+    Script(ScriptingLanguage.BASH, "true").bootstrap_cmd(tmp_path)
+    assert stat.S_IMODE((tmp_path / "script.sh").stat().st_mode) == 0o600
+
+
 # --- CmdOptions --------------------------------------------------------------------------------
 
 

@@ -206,3 +206,27 @@ async def test_the_next_spawn_removes_what_a_spawn_without_fds_could_not(
     second = await manager.spawn(Cmd("true"))
     assert not failed.exists()
     assert (work_dir / str(second)).is_dir()
+
+
+# --- an odd umask ------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("restore_umask")
+async def test_an_odd_umask_keeps_the_promised_modes_and_scripts_run() -> None:
+    os.umask(0o277)  # takes the owner's write and exec bits away from everything created
+    opts = CmdOptions(
+        message_output=MessagingType.NAMED_PIPE, logging_type=LoggingType.STDOUT_AND_STDERR
+    )
+    async with ProcessManager.spawn() as handle:  # a temp working dir of corral's own
+        assert mode(handle.working_dir) == 0o700
+        script = Script(ScriptingLanguage.PYTHON, "print('ran')", options=opts)
+        process_id = await handle.spawn(script)
+        info = await handle.wait(process_id, TIMEOUT)
+        assert info.exit_status is not None
+        assert info.exit_status.success
+        assert await handle.get_logs_stdout(process_id) == ["ran"]
+        process_dir = handle.working_dir / str(process_id)
+        assert mode(process_dir) == 0o700
+        assert mode(process_dir / "data") == 0o700
+        for name in ("script.py", "stdout.log", "stderr.log", "output.pipe"):
+            assert mode(process_dir / name) == 0o600, name

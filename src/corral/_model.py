@@ -8,6 +8,7 @@ import math
 import os
 import shlex
 import signal
+import stat
 import sys
 import uuid
 from collections.abc import Iterable, Mapping
@@ -767,6 +768,16 @@ class ScriptingLanguage(enum.Enum):
                 return ScriptRunConfig("groovy", [file], "groovy")
 
 
+def ensure_mode(target: int | str | os.PathLike[str], mode: int) -> None:
+    """Give the file or dir ``target`` (a path or an open fd) ``mode``, whatever the umask was.
+
+    A chmod is a journaled write on most file systems, a stat is not: only pay for the chmod
+    when an odd umask took owner bits away at creation.
+    """
+    if stat.S_IMODE(os.stat(target).st_mode) != mode:
+        os.chmod(target, mode)
+
+
 class Script:
     """Source code run by an interpreter: written to a file in the process dir, then executed.
 
@@ -812,6 +823,7 @@ class Script:
         path = self.script_path(process_dir)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         with open(fd, "w", encoding="utf-8") as f:
+            ensure_mode(fd, 0o600)
             f.write(self.content)
         argv = self.run_config.argv(path)
         return Cmd(argv[0], [*argv[1:], *self.args], self.options)

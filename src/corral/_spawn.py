@@ -31,6 +31,7 @@ from ._model import (
     MessagingType,
     ProcessId,
     Runnable,
+    ensure_mode,
 )
 from ._streams import make_fifo, open_fifo_parent_end
 
@@ -118,8 +119,11 @@ def _open_log(path: Path) -> int:
     # O_APPEND: writes from both streams of a merged log (and from grandchildren) interleave
     # without overwriting each other, in the order they were written.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-    if stat.S_IMODE(os.fstat(fd).st_mode) != 0o600:
-        os.fchmod(fd, 0o600)
+    try:
+        ensure_mode(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 
@@ -196,12 +200,9 @@ def _prepare_logs(options: CmdOptions, process_dir: Path, stdio: _Stdio) -> None
 
 
 def make_private_dir(path: str | os.PathLike[str]) -> None:
-    """Create ``path`` with mode 0700 whatever the umask."""
+    """Create ``path`` with mode 0700 whatever the umask (mkdir's mode is filtered by it)."""
     os.mkdir(path, 0o700)
-    # mkdir's mode is filtered by the umask. A chmod is a journaled write on most file systems,
-    # a stat is not: only pay for the chmod when an odd umask took owner bits away.
-    if stat.S_IMODE(os.stat(path).st_mode) != 0o700:
-        os.chmod(path, 0o700)
+    ensure_mode(path, 0o700)
 
 
 def _rmdir(path: str) -> bool:

@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 from . import _guardian as guardian
+from ._model import ensure_mode
 from ._spawn import retry_unremoved
 
 __all__ = ["WorkingDir"]
@@ -75,6 +76,11 @@ class WorkingDir:
     def create_temp(cls) -> WorkingDir:
         """A private temp dir (0700), removed by :meth:`release` or by the guardian."""
         path = Path(tempfile.mkdtemp(prefix="corral-"))
+        try:
+            ensure_mode(path, 0o700)  # mkdtemp's 0700 is filtered by the umask
+        except BaseException:
+            os.rmdir(path)
+            raise
         guardian.register_dir(path)
         return cls(path, owned=True, lock_fd=-1, stale=())
 

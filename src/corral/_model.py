@@ -583,6 +583,18 @@ class Runnable(Protocol):
         ...
 
 
+def _checked_program(cmd: object, owner: str) -> str:
+    """The program name or path ``cmd`` as a str the OS can take, or a :class:`CmdError`."""
+    if isinstance(cmd, os.PathLike):
+        cmd = os.fspath(cmd)
+    if not _is_os_text(cmd) or not cmd:
+        raise CmdError(
+            f"the program of a {owner} must be a non-empty str without NUL that os.fsencode "
+            f"can encode, not {cmd!r}"
+        )
+    return cmd
+
+
 def _checked_args(args: object, owner: str) -> tuple[str, ...]:
     """``args`` as a tuple of str the OS can take, or a :class:`CmdError` saying what is wrong."""
     if isinstance(args, CmdOptions):  # Cmd("true", opts): the second positional is the args
@@ -634,14 +646,7 @@ class Cmd:
         args: Iterable[str] = (),
         options: CmdOptions | None = None,
     ) -> None:
-        if isinstance(cmd, os.PathLike):
-            cmd = os.fspath(cmd)
-        if not _is_os_text(cmd) or not cmd:
-            raise CmdError(
-                f"the program name must be a non-empty str without NUL that os.fsencode can "
-                f"encode, not {cmd!r}"
-            )
-        self._cmd = cmd
+        self._cmd = _checked_program(cmd, "Cmd")
         self._args = _checked_args(args, "Cmd")
         self.options = _checked_options(options, "Cmd")
 
@@ -711,11 +716,7 @@ class ScriptRunConfig:
     file_extension: str
 
     def __init__(self, cmd: str, args: Iterable[str], file_extension: str) -> None:
-        if not _is_os_text(cmd) or not cmd:
-            raise CmdError(
-                f"ScriptRunConfig needs an interpreter command: a non-empty str without NUL "
-                f"that os.fsencode can encode, not {cmd!r}"
-            )
+        cmd = _checked_program(cmd, "ScriptRunConfig")
         args = _checked_args(args, "ScriptRunConfig")
         if SCRIPT_FILE_PATH_PLACEHOLDER not in args:
             raise CmdError(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import signal
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from corral import (
     CmdOptions,
     LoggingType,
     MessagingType,
+    ProcessId,
     ProcessManager,
     ProcessManagerHandle,
     RestartPolicy,
@@ -26,6 +28,13 @@ from corral import (
     ScriptingLanguage,
     SpawnProcessError,
 )
+
+
+async def settle(handle: ProcessManagerHandle) -> ProcessId:
+    """Spawn a process and wait for it: the guardian runs from then on (its fds stay open)."""
+    process_id = await handle.spawn(Cmd("true"))
+    await handle.wait(process_id, TIMEOUT)
+    return process_id
 
 
 def mode(path: Path) -> int:
@@ -100,7 +109,7 @@ def _unencodable_options() -> CmdOptions:
 async def test_a_failed_spawn_closes_every_fd_whatever_the_error(
     manager: ProcessManagerHandle, work_dir: Path
 ) -> None:
-    await manager.wait(await manager.spawn(Cmd("true")), TIMEOUT)  # the guardian runs already
+    await settle(manager)
     before = fd_count()
     for _ in range(5):
         with pytest.raises(SpawnProcessError, match="UnicodeEncodeError"):
@@ -112,12 +121,15 @@ async def test_a_failed_spawn_closes_every_fd_whatever_the_error(
 async def test_a_restart_that_cannot_start_gives_up_without_leaking(
     manager: ProcessManagerHandle,
 ) -> None:
-    policy = RestartPolicy.always(max_restarts=2, backoff=Backoff(initial=0.01, cap=0.01))
-    cmd = Cmd("sh", ["-c", "exit 1"], CmdOptions(restart_policy=policy))
-    process_id = await manager.spawn(cmd)
-    await manager.wait(await manager.spawn(Cmd("true")), TIMEOUT)  # the guardian runs already
+    await settle(manager)
     before = fd_count()
+    policy = RestartPolicy.always(max_restarts=2, backoff=Backoff(initial=0.01, cap=0.01))
+    cmd = Cmd("sleep", ["60"], CmdOptions(restart_policy=policy))
+    process_id = await manager.spawn(cmd)
+    pid = (await manager.get_process_info(process_id)).pid
+    assert pid is not None
     cmd.options.envs["BAD"] = "\ud800"  # every restart from now on fails to start
+    os.kill(pid, signal.SIGKILL)  # an exit of its own, as far as the manager knows
     info = await manager.wait(process_id, TIMEOUT)
     assert not info.is_running
     assert info.gave_up_reason is not None
@@ -157,8 +169,7 @@ TWO_LOGS = CmdOptions(logging_type=LoggingType.STDOUT_AND_STDERR)
 async def test_a_spawn_that_runs_out_of_fds_leaves_no_process_dir(
     manager: ProcessManagerHandle, work_dir: Path
 ) -> None:
-    first = await manager.spawn(Cmd("true"))  # the guardian runs already
-    await manager.wait(first, TIMEOUT)
+    first = await settle(manager)
     for runnable in (
         Cmd("true", options=TWO_LOGS),
         Script(ScriptingLanguage.BASH, "true", options=TWO_LOGS),
@@ -188,7 +199,7 @@ async def test_a_process_dir_that_needs_fds_to_remove_is_removed_once_fds_are_fr
     work_dir: Path,
 ) -> None:
     async with ProcessManager.spawn(work_dir) as handle:
-        await handle.wait(await handle.spawn(Cmd("true")), TIMEOUT)  # the guardian runs already
+        await settle(handle)
         with fds_left(1), pytest.raises(SpawnProcessError) as caught:
             await handle.spawn(LeavesAFile())
         failed = work_dir / str(caught.value.process_id)
@@ -199,7 +210,7 @@ async def test_a_process_dir_that_needs_fds_to_remove_is_removed_once_fds_are_fr
 async def test_the_next_spawn_removes_what_a_spawn_without_fds_could_not(
     manager: ProcessManagerHandle, work_dir: Path
 ) -> None:
-    await manager.wait(await manager.spawn(Cmd("true")), TIMEOUT)  # the guardian runs already
+    await settle(manager)
     with fds_left(1), pytest.raises(SpawnProcessError) as caught:
         await manager.spawn(LeavesAFile())
     failed = work_dir / str(caught.value.process_id)

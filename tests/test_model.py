@@ -275,7 +275,8 @@ def test_script_run_config_replaces_the_placeholder() -> None:
     config = ScriptRunConfig("deno", ["run", "--allow-all", "@FILE_PATH", "--"], ".ts")
     assert config.file_extension == "ts"
     assert config.argv(Path("/p/script.ts")) == ["deno", "run", "--allow-all", "/p/script.ts", "--"]
-    assert ScriptRunConfig(Path("/opt/deno"), ["@FILE_PATH"], "ts").cmd == "/opt/deno"  # type: ignore[arg-type]
+    deno = Path("/opt/deno")
+    assert ScriptRunConfig(deno, ["@FILE_PATH"], "ts").cmd == "/opt/deno"  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

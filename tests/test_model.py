@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import io
+import os
 import resource
 import shlex
 import signal
@@ -86,11 +88,94 @@ def test_cmd_equality_and_str() -> None:
         ("echo", ["ok", 3], None),
         ("echo", ["nul\0inside"], None),
         ("echo", [], {"clear_envs": True}),
+        ("echo", 5, None),  # not iterable
+        ("echo", b"ab", None),
+        (5, [], None),
+        (b"echo", [], None),
     ],
 )
 def test_cmd_rejects_bad_parts(program: str, args: Any, options: Any) -> None:
     with pytest.raises(CmdError):
         Cmd(program, args, options)
+
+
+def test_options_passed_as_args_say_where_options_go() -> None:
+    options = CmdOptions(clear_envs=True)
+    for build in (
+        lambda: Cmd("true", options),  # type: ignore[arg-type]
+        lambda: Script(ScriptingLanguage.BASH, "true", options),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(CmdError, match="options go in options="):
+            build()
+
+
+def os_text(value: object) -> bool:
+    """The oracle: a str the OS can take has no NUL and an encoding by ``os.fsencode``."""
+    if not isinstance(value, str) or "\0" in value:
+        return False
+    try:
+        os.fsencode(value)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+#: Characters the OS can take (hypothesis draws lone surrogates too, which it cannot).
+os_char = st.characters(exclude_characters="\0").filter(os_text)
+
+#: Lone surrogates that os.fsencode cannot encode (U+DC80..U+DCFF it can: undecodable bytes).
+UNENCODABLE = ["\ud800", "a\udfff", "\udc7f"]
+
+
+@pytest.mark.parametrize("text", UNENCODABLE, ids=ascii)
+def test_text_the_os_cannot_take_is_refused_at_construction(text: str) -> None:
+    for build in (
+        lambda: Cmd(text),
+        lambda: Cmd("echo", ["ok", text]),
+        lambda: Cmd.parse(f"echo {text}"),
+        lambda: ScriptRunConfig(text, ["@FILE_PATH"], "sh"),
+        lambda: ScriptRunConfig("sh", ["@FILE_PATH", text], "sh"),
+        lambda: ScriptRunConfig("sh", ["@FILE_PATH"], text),
+        lambda: Script(ScriptingLanguage.BASH, "true", [text]),
+        lambda: Script(ScriptingLanguage.BASH, f"echo {text}"),
+    ):
+        with pytest.raises(CmdError):
+            build()
+    for options in (
+        {"envs": {"A": text}},
+        {"envs": {text: "x"}},
+        {"envs_to_remove": [text]},
+        {"current_dir": text},
+        {"current_dir": Path("/tmp", text)},
+    ):
+        with pytest.raises(CmdOptionsError):
+            CmdOptions(**options)
+
+
+def test_undecodable_bytes_from_the_os_are_taken() -> None:
+    # surrogateescape: how Python reads bytes that are not UTF-8 from argv, environ, file names
+    raw = os.fsdecode(b"caf\xe9")
+    assert Cmd("echo", [raw]).args == (raw,)
+    assert CmdOptions(envs={"A": raw}, current_dir=raw).envs == {"A": raw}
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    text=st.lists(
+        # the edges of what surrogateescape encodes, drawn often; any character besides
+        st.sampled_from(["\udc7f", "\udc80", "\udcff", "\udd00", "\ud800", "\0"]) | st.characters(),
+        max_size=6,
+    ).map("".join)
+)
+def test_env_values_are_taken_exactly_when_the_os_can_take_them(text: str) -> None:
+    if os_text(text):
+        assert CmdOptions(envs={"A": text}).envs == {"A": text}
+        assert Cmd("echo", [text]).args == (text,)
+    else:
+        with pytest.raises(CmdOptionsError):
+            CmdOptions(envs={"A": text})
+        with pytest.raises(CmdError):
+            Cmd("echo", [text])
 
 
 def test_cmd_is_a_runnable_that_bootstraps_to_itself(tmp_path: Path) -> None:
@@ -132,12 +217,23 @@ def test_cmd_parse_rejects_empty_and_unparsable(line: str) -> None:
     assert repr(line) in str(caught.value)
 
 
+@pytest.mark.parametrize("line", [None, 123, b"ls -l", ["ls", "-l"]], ids=repr)
+def test_cmd_parse_takes_only_a_str_and_never_reads_stdin(
+    line: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # shlex.split(None) reads sys.stdin: a command piped into the program would be built.
+    monkeypatch.setattr(sys, "stdin", io.StringIO("rm -rf /important\n"))
+    with pytest.raises(CmdError, match="str"):
+        Cmd.parse(line)
+    assert sys.stdin.read() == "rm -rf /important\n"
+
+
 def test_cmd_parse_rejects_an_empty_program() -> None:
     with pytest.raises(CmdError):
         Cmd.parse("'' arg")
 
 
-_arg = st.text(st.characters(exclude_characters="\0"))
+_arg = st.text(os_char)
 
 
 @settings(deadline=None, max_examples=300)
@@ -179,6 +275,8 @@ def test_script_run_config_replaces_the_placeholder() -> None:
     config = ScriptRunConfig("deno", ["run", "--allow-all", "@FILE_PATH", "--"], ".ts")
     assert config.file_extension == "ts"
     assert config.argv(Path("/p/script.ts")) == ["deno", "run", "--allow-all", "/p/script.ts", "--"]
+    deno = Path("/opt/deno")
+    assert ScriptRunConfig(deno, ["@FILE_PATH"], "ts").cmd == "/opt/deno"  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -190,6 +288,13 @@ def test_script_run_config_replaces_the_placeholder() -> None:
         ("", ["@FILE_PATH"], "ts"),
         ("deno", ["@FILE_PATH"], "a/b"),
         ("deno", ["@FILE_PATH"], "t\0s"),
+        (5, ["@FILE_PATH"], "ts"),
+        (None, ["@FILE_PATH"], "ts"),
+        ("deno", "@FILE_PATH", "ts"),  # a str, not a list of args
+        ("deno", ["@FILE_PATH", 3], "ts"),
+        ("deno", 7, "ts"),
+        ("deno", ["@FILE_PATH"], None),
+        ("deno", ["@FILE_PATH"], 3),
     ],
 )
 def test_script_run_config_rejects_bad_configs(cmd: str, args: list[str], extension: str) -> None:
@@ -227,11 +332,37 @@ def test_script_with_a_custom_run_config(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("lang", "args"), [("bash", []), (ScriptingLanguage.BASH, "a str"), (None, [])]
+    ("lang", "args"),
+    [
+        ("bash", []),
+        (ScriptingLanguage.BASH, "a str"),
+        (None, []),
+        (ScriptingLanguage.BASH, ["ok", 3]),
+        (ScriptingLanguage.BASH, ["nul\0inside"]),
+        (ScriptingLanguage.BASH, 5),
+    ],
 )
 def test_script_rejects_bad_parts(lang: Any, args: Any) -> None:
     with pytest.raises(CmdError):
         Script(lang, "true", args)
+
+
+@pytest.mark.parametrize("content", [None, b"echo hi", 3, ["echo hi"]], ids=repr)
+def test_script_content_must_be_a_str(content: Any) -> None:
+    with pytest.raises(CmdError, match="content"):
+        Script(ScriptingLanguage.BASH, content)
+
+
+def test_script_options_must_be_cmd_options() -> None:
+    with pytest.raises(CmdError, match="options"):
+        Script(ScriptingLanguage.BASH, "true", [], {"clear_envs": True})  # type: ignore[arg-type]
+
+
+@pytest.mark.usefixtures("restore_umask")
+def test_script_file_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    os.umask(0o277)
+    Script(ScriptingLanguage.BASH, "true").bootstrap_cmd(tmp_path)
+    assert stat.S_IMODE((tmp_path / "script.sh").stat().st_mode) == 0o600
 
 
 # --- CmdOptions --------------------------------------------------------------------------------
@@ -309,7 +440,7 @@ BAD_VALUES: dict[str, tuple[Any, list[Any]]] = {
         LoggingType.STDERR_ONLY,
         ["stdout_only", 2, MessagingType.STANDARD_IO],
     ),
-    "output_buffer_capacity": (1, [0, -1, True, False, 1.5, "16", None]),
+    "output_buffer_capacity": (1, [0, -1, True, False, 1.5, "16", None, 2**62, 2**20 + 1]),
     "restart_policy": (RestartPolicy.on_failure(), ["always", None, 3, RestartMode.ALWAYS]),
     "rlimits": (
         {resource.RLIMIT_NOFILE: (64, 128)},
@@ -360,6 +491,14 @@ def test_cmd_options_rejects_bad_values_in_replace() -> None:
     with pytest.raises(CmdOptionsError):
         CmdOptions().replace(output_buffer_capacity=0)
     assert CmdOptions().replace(output_buffer_capacity=3).output_buffer_capacity == 3
+
+
+def test_cmd_options_output_buffer_capacity_is_bounded() -> None:
+    # The ring is allocated at spawn: a huge capacity must fail here, before any child runs.
+    assert CmdOptions(output_buffer_capacity=1_048_576).output_buffer_capacity == 1_048_576
+    for huge in (1_048_577, 2**62):
+        with pytest.raises(CmdOptionsError, match="1048576"):
+            CmdOptions(output_buffer_capacity=huge)
 
 
 def test_cmd_options_output_buffer_capacity_zero() -> None:
@@ -431,13 +570,13 @@ def test_no_conflict_without_stdout_sharing() -> None:
     assert options.logging_type is LoggingType.STDERR_ONLY
 
 
-_env_name = st.text(st.characters(exclude_characters="=\0"), min_size=1, max_size=8)
-_env_value = st.text(st.characters(exclude_characters="\0"), max_size=8)
+_env_name = st.text(os_char.filter(lambda c: c != "="), min_size=1, max_size=8)
+_env_value = st.text(os_char, max_size=8)
 
 #: Per field: a strategy of valid values (and how they read back), one of invalid values.
 VALID: dict[str, st.SearchStrategy[Any]] = {
     "current_dir": st.none()
-    | st.text(st.characters(exclude_characters="\0"), min_size=1, max_size=10)
+    | st.text(os_char, min_size=1, max_size=10)
     | st.builds(Path, st.sampled_from(["/", "/tmp", "rel/dir"])),
     "clear_envs": st.booleans(),
     "envs": st.dictionaries(_env_name, _env_value, max_size=4),
@@ -445,19 +584,25 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "message_input": st.none() | st.sampled_from(MessagingType),
     "message_output": st.none() | st.sampled_from(MessagingType),
     "logging_type": st.none() | st.sampled_from(LoggingType),
-    "output_buffer_capacity": st.integers(min_value=1, max_value=2**40),
+    "output_buffer_capacity": st.integers(min_value=1, max_value=2**20),
 }
 INVALID: dict[str, st.SearchStrategy[Any]] = {
-    "current_dir": st.sampled_from(["", "a\0b", 3, 1.5, b"/tmp", ["/"]]),
+    "current_dir": st.sampled_from(["", "a\0b", 3, 1.5, b"/tmp", ["/"], *UNENCODABLE]),
     "clear_envs": st.sampled_from([0, 1, "", "true", None, 1.0]),
     "envs": st.sampled_from([None, "A=1", [("A", "1")]])
     | st.dictionaries(_env_name, st.integers(), min_size=1, max_size=2)
-    | st.dictionaries(st.sampled_from(["", "A=B", "X\0"]), _env_value, min_size=1, max_size=2),
-    "envs_to_remove": st.sampled_from(["NAME", None, 3, [""], ["A=B"], [None]]),
+    | st.dictionaries(_env_name, st.sampled_from(UNENCODABLE), min_size=1, max_size=2)
+    | st.dictionaries(
+        st.sampled_from(["", "A=B", "X\0", *UNENCODABLE]), _env_value, min_size=1, max_size=2
+    ),
+    "envs_to_remove": st.sampled_from(
+        ["NAME", None, 3, [""], ["A=B"], [None], *([t] for t in UNENCODABLE)]
+    ),
     "message_input": st.sampled_from(["standard_io", 0, True, LoggingType.STDOUT_ONLY]),
     "message_output": st.sampled_from(["named_pipe", 0, LoggingType.STDERR_ONLY]),
     "logging_type": st.sampled_from(["stdout_only", 1, MessagingType.NAMED_PIPE]),
     "output_buffer_capacity": st.integers(max_value=0)
+    | st.integers(min_value=2**20 + 1)
     | st.sampled_from([True, False, 2.0, "8", None]),
 }
 
@@ -514,18 +659,18 @@ def _expected(name: str, value: Any) -> Any:
     """What ``name`` reads back after being set to ``value``; raise _Invalid if it is invalid."""
 
     def env_name(key: object) -> bool:
-        return isinstance(key, str) and bool(key) and "=" not in key and "\0" not in key
+        return os_text(key) and bool(key) and "=" not in key
 
     ok: bool
     match name:
         case "current_dir":
-            ok = value is None or isinstance(value, Path)
-            ok = ok or (isinstance(value, str) and bool(value) and "\0" not in value)
+            ok = value is None or (isinstance(value, Path) and os_text(str(value)))
+            ok = ok or (os_text(value) and bool(value))
         case "clear_envs":
             ok = isinstance(value, bool)
         case "envs":
             ok = isinstance(value, dict) and all(
-                env_name(k) and isinstance(v, str) and "\0" not in v for k, v in value.items()
+                env_name(k) and os_text(v) for k, v in value.items()
             )
         case "envs_to_remove":
             ok = isinstance(value, list | tuple) and all(env_name(k) for k in value)
@@ -534,7 +679,7 @@ def _expected(name: str, value: Any) -> Any:
         case "logging_type":
             ok = value is None or isinstance(value, LoggingType)
         case "output_buffer_capacity":
-            ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+            ok = isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 2**20
         case _:
             raise AssertionError(name)
     if not ok:

@@ -8,12 +8,13 @@ import math
 import os
 import shlex
 import signal
+import stat
 import sys
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeGuard, cast, runtime_checkable
 
 from ._errors import CmdError, CmdOptionsError
 
@@ -219,8 +220,26 @@ class LoggingType(enum.Enum):
         return self is not LoggingType.STDOUT_ONLY
 
 
+def _is_os_text(value: object) -> TypeGuard[str]:
+    """Whether ``value`` is a str the OS can take: no NUL, and ``os.fsencode`` can encode it.
+
+    A lone surrogate outside surrogateescape's U+DC80..U+DCFF (which stand for undecodable
+    bytes) has no bytes to become: refused here, it would fail the spawn with a
+    ``UnicodeEncodeError`` instead.
+    """
+    if not isinstance(value, str) or "\0" in value:
+        return False
+    if value.isascii():  # the common case, without an encode
+        return True
+    try:
+        os.fsencode(value)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_env_name(name: object, what: str) -> str:
-    if not isinstance(name, str) or not name or "=" in name or "\0" in name:
+    if not _is_os_text(name) or not name or "=" in name:
         raise CmdOptionsError(f"{what}: bad environment variable name {name!r}")
     return name
 
@@ -232,7 +251,7 @@ def _validate_current_dir(value: object) -> Path | None:
         raise CmdOptionsError(f"current_dir must be a path or None, not {type(value).__name__}")
     raw = os.fspath(value)
     # Check the text as given: Path("") would silently mean ".", the parent's cwd.
-    if not isinstance(raw, str) or not raw or "\0" in raw:
+    if not _is_os_text(raw) or not raw:
         raise CmdOptionsError(f"current_dir is not a valid path: {value!r}")
     return Path(raw)
 
@@ -249,8 +268,10 @@ def _validate_envs(value: object) -> dict[str, str]:
     envs: dict[str, str] = {}
     for key, val in value.items():
         _check_env_name(key, "envs")
-        if not isinstance(val, str) or "\0" in val:
-            raise CmdOptionsError(f"envs[{key!r}] must be a str without NUL, not {val!r}")
+        if not _is_os_text(val):
+            raise CmdOptionsError(
+                f"envs[{key!r}] must be a str without NUL that os.fsencode can encode, not {val!r}"
+            )
         envs[key] = val
     return envs
 
@@ -267,9 +288,22 @@ def _validate_enum(value: object, enum_type: type[enum.Enum], name: str) -> Any:
     return value
 
 
+#: The largest ``output_buffer_capacity``. The ring of that many slots is allocated when the
+#: process starts (8 bytes a slot: 8 MiB here), so a huge value would fail only then, after the
+#: child runs; a million messages is far more than any subscriber catches up on.
+_MAX_OUTPUT_BUFFER_CAPACITY = 1_048_576
+
+
 def _validate_capacity(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise CmdOptionsError(f"output_buffer_capacity must be an int > 0, not {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not 0 < value <= _MAX_OUTPUT_BUFFER_CAPACITY
+    ):
+        raise CmdOptionsError(
+            f"output_buffer_capacity must be an int from 1 to {_MAX_OUTPUT_BUFFER_CAPACITY}, "
+            f"not {value!r}"
+        )
     return value
 
 
@@ -485,7 +519,7 @@ class CmdOptions:
     >>> opts.output_buffer_capacity = 0
     Traceback (most recent call last):
     ...
-    corral._errors.CmdOptionsError: output_buffer_capacity must be an int > 0, not 0
+    corral._errors.CmdOptionsError: output_buffer_capacity must be an int from 1 to 1048576, not 0
     """
 
     #: Working directory of the child (``None``: the parent's).
@@ -502,7 +536,8 @@ class CmdOptions:
     message_output: MessagingType | None = None
     #: Which output streams are captured to log files (``None``: none, they go to /dev/null).
     logging_type: LoggingType | None = None
-    #: How many output messages are buffered for subscribers (> 0).
+    #: How many output messages are buffered for subscribers: 1 to 1,048,576 (the buffer is
+    #: allocated when the process starts, 8 bytes per message slot).
     output_buffer_capacity: int = 16
     #: Whether and how the process is restarted after it ends by itself.
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
@@ -608,6 +643,52 @@ class Runnable(Protocol):
         ...
 
 
+def _checked_program(cmd: object, owner: str) -> str:
+    """The program name or path ``cmd`` as a str the OS can take, or a :class:`CmdError`."""
+    if isinstance(cmd, os.PathLike):
+        cmd = os.fspath(cmd)
+    if not _is_os_text(cmd) or not cmd:
+        raise CmdError(
+            f"the program of a {owner} must be a non-empty str without NUL that os.fsencode "
+            f"can encode, not {cmd!r}"
+        )
+    return cmd
+
+
+def _checked_args(args: object, owner: str) -> tuple[str, ...]:
+    """``args`` as a tuple of str the OS can take, or a :class:`CmdError` saying what is wrong."""
+    if isinstance(args, CmdOptions):  # Cmd("true", opts): the second positional is the args
+        raise CmdError(
+            f"{owner} args must be an iterable of str, not CmdOptions: options go in options=, "
+            f"as in {owner}(..., options=opts)"
+        )
+    if isinstance(args, str | bytes):
+        raise CmdError(
+            f"{owner} args must be an iterable of str, not the {type(args).__name__} {args!r}"
+        )
+    try:
+        checked = tuple(cast("Iterable[object]", args))
+    except TypeError as exc:
+        raise CmdError(
+            f"{owner} args must be an iterable of str, not {type(args).__name__}"
+        ) from exc
+    for arg in checked:
+        if not _is_os_text(arg):
+            raise CmdError(
+                f"each {owner} arg must be a str without NUL that os.fsencode can encode, "
+                f"not {arg!r}"
+            )
+    return cast("tuple[str, ...]", checked)
+
+
+def _checked_options(options: object, owner: str) -> CmdOptions:
+    if options is None:
+        return _default_options()
+    if not isinstance(options, CmdOptions):
+        raise CmdError(f"{owner} options must be CmdOptions or None, not {type(options).__name__}")
+    return options
+
+
 class Cmd:
     """A program and its arguments; no shell is involved (``|``, ``>``, ``$X`` stay literal).
 
@@ -625,25 +706,19 @@ class Cmd:
         args: Iterable[str] = (),
         options: CmdOptions | None = None,
     ) -> None:
-        if isinstance(cmd, os.PathLike):
-            cmd = os.fspath(cmd)
-        if not isinstance(cmd, str) or not cmd or "\0" in cmd:
-            raise CmdError(f"the program name must be a non-empty str without NUL, not {cmd!r}")
-        if isinstance(args, str):
-            raise CmdError(f"args must be an iterable of str, not the str {args!r}")
-        args = tuple(args)
-        for arg in args:
-            if not isinstance(arg, str) or "\0" in arg:
-                raise CmdError(f"each arg must be a str without NUL, not {arg!r}")
-        if options is not None and not isinstance(options, CmdOptions):
-            raise CmdError(f"options must be CmdOptions or None, not {type(options).__name__}")
-        self._cmd = cmd
-        self._args = args
-        self.options = options if options is not None else _default_options()
+        self._cmd = _checked_program(cmd, "Cmd")
+        self._args = _checked_args(args, "Cmd")
+        self.options = _checked_options(options, "Cmd")
 
     @classmethod
     def parse(cls, command_line: str, options: CmdOptions | None = None) -> Cmd:
         """Split ``command_line`` like ``shlex.split`` (quotes, escapes; no expansion)."""
+        # shlex.split(None) would read the program's own stdin (Python 3.11) and run that.
+        if not isinstance(command_line, str):
+            raise CmdError(
+                f"Cmd.parse takes the command line as a str, not {type(command_line).__name__} "
+                f"{command_line!r}"
+            )
         try:
             parts = shlex.split(command_line)
         except ValueError as exc:
@@ -701,15 +776,14 @@ class ScriptRunConfig:
     file_extension: str
 
     def __init__(self, cmd: str, args: Iterable[str], file_extension: str) -> None:
-        args = tuple(args)
-        if not cmd:
-            raise CmdError("ScriptRunConfig needs an interpreter command")
+        cmd = _checked_program(cmd, "ScriptRunConfig")
+        args = _checked_args(args, "ScriptRunConfig")
         if SCRIPT_FILE_PATH_PLACEHOLDER not in args:
             raise CmdError(
                 f"ScriptRunConfig args must contain {SCRIPT_FILE_PATH_PLACEHOLDER!r}, got {args!r}"
             )
-        if "/" in file_extension or "\0" in file_extension:
-            raise CmdError(f"bad script file extension {file_extension!r}")
+        if not _is_os_text(file_extension) or "/" in file_extension:
+            raise CmdError(f"bad script file extension {file_extension!r}: a str without / or NUL")
         object.__setattr__(self, "cmd", cmd)
         object.__setattr__(self, "args", args)
         object.__setattr__(self, "file_extension", file_extension.lstrip("."))
@@ -755,6 +829,16 @@ class ScriptingLanguage(enum.Enum):
                 return ScriptRunConfig("groovy", [file], "groovy")
 
 
+def ensure_mode(target: int | str | os.PathLike[str], mode: int) -> None:
+    """Give the file or dir ``target`` (a path or an open fd) ``mode``, whatever the umask was.
+
+    A chmod is a journaled write on most file systems, a stat is not: only pay for the chmod
+    when an odd umask took owner bits away at creation.
+    """
+    if stat.S_IMODE(os.stat(target).st_mode) != mode:
+        os.chmod(target, mode)
+
+
 class Script:
     """Source code run by an interpreter: written to a file in the process dir, then executed.
 
@@ -775,12 +859,16 @@ class Script:
     ) -> None:
         if not isinstance(lang, ScriptingLanguage | ScriptRunConfig):
             raise CmdError(f"lang must be a ScriptingLanguage or ScriptRunConfig, not {lang!r}")
-        if isinstance(args, str):
-            raise CmdError(f"args must be an iterable of str, not the str {args!r}")
+        if not isinstance(content, str):
+            raise CmdError(f"Script content must be a str, not {type(content).__name__}")
+        try:
+            content.encode("utf-8")  # as bootstrap_cmd writes it: fail here, not at spawn
+        except UnicodeEncodeError as exc:
+            raise CmdError(f"Script content cannot be written as UTF-8: {exc}") from exc
         self.lang = lang
         self.content = content
-        self.args = tuple(args)
-        self.options = options if options is not None else _default_options()
+        self.args = _checked_args(args, "Script")
+        self.options = _checked_options(options, "Script")
 
     @property
     def run_config(self) -> ScriptRunConfig:
@@ -796,6 +884,7 @@ class Script:
         path = self.script_path(process_dir)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         with open(fd, "w", encoding="utf-8") as f:
+            ensure_mode(fd, 0o600)
             f.write(self.content)
         argv = self.run_config.argv(path)
         return Cmd(argv[0], [*argv[1:], *self.args], self.options)

@@ -33,6 +33,7 @@ from ._model import (
     MessagingType,
     ProcessId,
     Runnable,
+    ensure_mode,
 )
 from ._streams import make_fifo, open_fifo_parent_end
 
@@ -43,6 +44,7 @@ __all__ = [
     "discard_child",
     "make_private_dir",
     "remove_process_dir",
+    "retry_unremoved",
     "spawn_child",
     "start_child",
 ]
@@ -59,6 +61,19 @@ OUTPUT_FIFO_NAME = "output.pipe"
 STDOUT_LOG_NAME = "stdout.log"
 STDERR_LOG_NAME = "stderr.log"
 MERGED_LOG_NAME = "output.log"
+
+#: What corral itself puts in a process dir, besides the data dir: removable by name.
+_KNOWN_FILES = (
+    INPUT_FIFO_NAME,
+    OUTPUT_FIFO_NAME,
+    STDOUT_LOG_NAME,
+    STDERR_LOG_NAME,
+    MERGED_LOG_NAME,
+)
+
+#: Process dirs that could not be removed (say, with no fd left for rmtree and a file of a
+#: custom Runnable in them): tried again at the next spawn and when the working dir is released.
+_UNREMOVED: set[str] = set()
 
 
 @dataclass(slots=True)
@@ -107,8 +122,11 @@ def _open_log(path: Path) -> int:
     # O_APPEND: writes from both streams of a merged log (and from grandchildren) interleave
     # without overwriting each other, in the order they were written.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-    if stat.S_IMODE(os.fstat(fd).st_mode) != 0o600:
-        os.fchmod(fd, 0o600)
+    try:
+        ensure_mode(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 
@@ -163,50 +181,79 @@ def _prepare_messaging(options: CmdOptions, process_dir: Path, stdio: _Stdio) ->
         stdio.env[OUTPUT_PIPE_ENV_NAME] = str(path)
 
 
-def _prepare_stdio(options: CmdOptions, process_dir: Path, devnull: int) -> _Stdio:
-    stdio = _Stdio(devnull, devnull, devnull)
-    try:
-        _prepare_messaging(options, process_dir, stdio)
-        logging_type = options.logging_type
-        if logging_type is LoggingType.STDOUT_AND_STDERR_MERGED:
-            path = process_dir / MERGED_LOG_NAME
-            fd = _open_log(path)
-            stdio.child_ends.append(fd)
-            stdio.stdout = stdio.stderr = fd
-            stdio.logs = {"stdout": path, "stderr": path}
-        elif logging_type is not None:
-            if logging_type.captures_stdout:
-                path = process_dir / STDOUT_LOG_NAME
-                stdio.stdout = _open_log(path)
-                stdio.child_ends.append(stdio.stdout)
-                stdio.logs["stdout"] = path
-            if logging_type.captures_stderr:
-                path = process_dir / STDERR_LOG_NAME
-                stdio.stderr = _open_log(path)
-                stdio.child_ends.append(stdio.stderr)
-                stdio.logs["stderr"] = path
-    except BaseException:
-        stdio.close_all()
-        raise
-    return stdio
+def _prepare_logs(options: CmdOptions, process_dir: Path, stdio: _Stdio) -> None:
+    logging_type = options.logging_type
+    if logging_type is LoggingType.STDOUT_AND_STDERR_MERGED:
+        path = process_dir / MERGED_LOG_NAME
+        fd = _open_log(path)
+        stdio.child_ends.append(fd)
+        stdio.stdout = stdio.stderr = fd
+        stdio.logs = {"stdout": path, "stderr": path}
+    elif logging_type is not None:
+        if logging_type.captures_stdout:
+            path = process_dir / STDOUT_LOG_NAME
+            stdio.stdout = _open_log(path)
+            stdio.child_ends.append(stdio.stdout)
+            stdio.logs["stdout"] = path
+        if logging_type.captures_stderr:
+            path = process_dir / STDERR_LOG_NAME
+            stdio.stderr = _open_log(path)
+            stdio.child_ends.append(stdio.stderr)
+            stdio.logs["stderr"] = path
 
 
 def make_private_dir(path: str | os.PathLike[str]) -> None:
-    """Create ``path`` with mode 0700 whatever the umask."""
+    """Create ``path`` with mode 0700 whatever the umask (mkdir's mode is filtered by it)."""
     os.mkdir(path, 0o700)
-    # mkdir's mode is filtered by the umask. A chmod is a journaled write on most file systems,
-    # a stat is not: only pay for the chmod when an odd umask took owner bits away.
-    if stat.S_IMODE(os.stat(path).st_mode) != 0o700:
-        os.chmod(path, 0o700)
+    ensure_mode(path, 0o700)
 
 
-def remove_process_dir(process_dir: Path) -> None:
-    """Delete a process dir and everything in it; the common empty case costs two rmdirs."""
+def _rmdir(path: str) -> bool:
+    """Remove the empty dir ``path``; whether it is gone."""
     try:
-        os.rmdir(os.path.join(process_dir, DATA_DIR_NAME))
-        os.rmdir(process_dir)
+        os.rmdir(path)
+    except FileNotFoundError:
+        return True
     except OSError:
-        shutil.rmtree(process_dir, ignore_errors=True)
+        return False
+    return True
+
+
+def remove_process_dir(process_dir: str | os.PathLike[str]) -> bool:
+    """Delete a process dir and everything in it; whether it is gone.
+
+    What corral makes there is removed by name, with no fd: that still works when the process
+    has no fd left (a spawn that failed for want of fds), where rmtree, which opens every dir it
+    walks, fails. The empty case costs two rmdirs. Anything else goes to rmtree; a dir even that
+    cannot remove is kept for :func:`retry_unremoved`, never forgotten.
+    """
+    path = os.fspath(process_dir)
+    _rmdir(os.path.join(path, DATA_DIR_NAME))
+    if _rmdir(path):
+        return True
+    for name in _KNOWN_FILES:
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(path, name))
+    if _rmdir(os.path.join(path, DATA_DIR_NAME)) and _rmdir(path):
+        return True
+    shutil.rmtree(path, ignore_errors=True)
+    if os.path.lexists(path):
+        _UNREMOVED.add(path)
+        return False
+    return True
+
+
+def retry_unremoved(working_dir: str | os.PathLike[str] | None = None) -> list[str]:
+    """Try again to remove the process dirs that could not be removed (those in ``working_dir``,
+    or all); return the ones still there."""
+    parent = None if working_dir is None else os.fspath(working_dir)
+    left: list[str] = []
+    for path in list(_UNREMOVED):  # a copy: another thread's manager may add meanwhile
+        if parent is None or os.path.dirname(path) == parent:
+            _UNREMOVED.discard(path)
+            if not remove_process_dir(path):
+                left.append(path)
+    return left
 
 
 def _inherited_env() -> dict[bytes, bytes]:
@@ -286,13 +333,15 @@ def spawn_child(
 
     ``devnull`` is an fd open on ``/dev/null`` (shared by all children of a manager).
     """
+    if _UNREMOVED:
+        retry_unremoved()
     process_dir = working_dir / str(process_id)
     try:
         make_private_dir(process_dir)
         # A str: a Path costs ~3 µs per join, on the way to the exec.
         make_private_dir(os.path.join(process_dir, DATA_DIR_NAME))
     except OSError as exc:
-        shutil.rmtree(process_dir, ignore_errors=True)
+        remove_process_dir(process_dir)
         raise SpawnProcessError(
             f"cannot create the process dir of process {process_id} in {str(working_dir)!r}: "
             f"{_describe(exc)}",
@@ -319,24 +368,53 @@ def spawn_child(
         if bootstrapped:
             with contextlib.suppress(Exception):
                 runnable.clean_after_fail(process_dir)
-        shutil.rmtree(process_dir, ignore_errors=True)
+        remove_process_dir(process_dir)
         raise
     return child
+
+
+def _spawn_error(process_id: ProcessId, cmd: Cmd, exc: Exception) -> SpawnProcessError:
+    """What a failure of ``start_child`` is reported as, saying which part of ``cmd`` failed."""
+    if isinstance(exc, subprocess.SubprocessError):  # raised by _limits_setter in the child
+        return SpawnProcessError(
+            f"cannot apply the rlimits / nice of process {process_id} ({cmd}) in the child "
+            f"(raising a hard limit or lowering niceness needs privileges)",
+            process_id=process_id,
+        )
+    if not isinstance(exc, OSError):  # not expected of valid options: say what it was
+        return SpawnProcessError(
+            f"cannot spawn process {process_id} ({cmd}): {exc!r}", process_id=process_id
+        )
+    current_dir = cmd.options.current_dir
+    # Popen names its cwd (the very Path passed) in an error from before the exec: the chdir.
+    if current_dir is not None and exc.filename is current_dir:
+        return SpawnProcessError(
+            f"bad working directory (current_dir) {str(current_dir)!r} of process {process_id} "
+            f"({cmd}): {exc.strerror or exc}",
+            process_id=process_id,
+        )
+    return SpawnProcessError(
+        f"cannot spawn process {process_id} ({cmd}): {_describe(exc)}", process_id=process_id
+    )
 
 
 def start_child(process_id: ProcessId, cmd: Cmd, process_dir: Path, devnull: int) -> SpawnedChild:
     """Start ``cmd`` in its existing process dir: a first run, or a restart.
 
     Log files are appended to and FIFOs reused, so a restart goes on where the last run ended.
-    On failure raises :class:`SpawnProcessError` having closed every fd it opened.
+    On any failure raises :class:`SpawnProcessError` having closed every fd it opened.
     """
     data_dir = os.path.join(process_dir, DATA_DIR_NAME)
+    options = cmd.options
+    # Every fd opened from here on is recorded in stdio as soon as it exists, for close_all.
+    stdio = _Stdio(devnull, devnull, devnull)
     try:
-        stdio = _prepare_stdio(cmd.options, process_dir, devnull)
-        env = build_env(cmd.options, {PROCESS_DATA_DIR_ENV_NAME: data_dir, **stdio.env})
+        _prepare_messaging(options, process_dir, stdio)
+        _prepare_logs(options, process_dir, stdio)
+        env = build_env(options, {PROCESS_DATA_DIR_ENV_NAME: data_dir, **stdio.env})
         argv = cmd.argv()
         found = _find_program(argv[0], env)
-        limits = _limits_setter(cmd.options)
+        limits = _limits_setter(options)
 
         def start(executable: bytes | None) -> subprocess.Popen[bytes]:
             return subprocess.Popen(
@@ -345,38 +423,28 @@ def start_child(process_id: ProcessId, cmd: Cmd, process_dir: Path, devnull: int
                 stdin=stdio.stdin,
                 stdout=stdio.stdout,
                 stderr=stdio.stderr,
-                cwd=cmd.options.current_dir,
+                cwd=options.current_dir,
                 env=env,
                 process_group=0,
                 close_fds=True,
-                umask=-1 if cmd.options.umask is None else cmd.options.umask,
+                umask=-1 if options.umask is None else options.umask,
                 preexec_fn=limits,
             )
 
         try:
-            try:
-                popen = start(found)
-            except OSError:
-                if found is None:
-                    raise
-                # The file found did not exec (a dir, a bad format, gone meanwhile): exec's own
-                # search decides, and its error names the program as given.
-                popen = start(None)
-        except BaseException:
-            stdio.close_all()
-            raise
-        stdio.close_child_ends()  # the child has its copies
-    except subprocess.SubprocessError as exc:  # raised by _limits_setter in the child
-        raise SpawnProcessError(
-            f"cannot apply the rlimits / nice of process {process_id} ({cmd}) in the child "
-            f"(raising a hard limit or lowering niceness needs privileges)",
-            process_id=process_id,
-        ) from exc
-    except OSError as exc:
-        raise SpawnProcessError(
-            f"cannot spawn process {process_id} ({cmd}): {_describe(exc)}",
-            process_id=process_id,
-        ) from exc
+            popen = start(found)
+        except OSError:
+            if found is None:
+                raise
+            # The file found did not exec (a dir, a bad format, gone meanwhile): exec's own
+            # search decides, and its error names the program as given.
+            popen = start(None)
+    except BaseException as exc:
+        stdio.close_all()
+        if isinstance(exc, Exception):
+            raise _spawn_error(process_id, cmd, exc) from exc
+        raise
+    stdio.close_child_ends()  # the child has its copies
     return SpawnedChild(
         popen=popen,
         cmd=cmd,

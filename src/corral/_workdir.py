@@ -19,6 +19,8 @@ import uuid
 from pathlib import Path
 
 from . import _guardian as guardian
+from ._model import ensure_mode
+from ._spawn import retry_unremoved
 
 __all__ = ["WorkingDir"]
 
@@ -74,6 +76,11 @@ class WorkingDir:
     def create_temp(cls) -> WorkingDir:
         """A private temp dir (0700), removed by :meth:`release` or by the guardian."""
         path = Path(tempfile.mkdtemp(prefix="corral-"))
+        try:
+            ensure_mode(path, 0o700)  # mkdtemp's 0700 is filtered by the umask
+        except BaseException:
+            os.rmdir(path)
+            raise
         guardian.register_dir(path)
         return cls(path, owned=True, lock_fd=-1, stale=())
 
@@ -107,10 +114,15 @@ class WorkingDir:
         return cls(path, owned=False, lock_fd=fd, stale=stale)
 
     def release(self) -> None:
-        """Remove the dir if corral made it; else drop the lock."""
+        """Remove the dir if corral made it; else drop the lock, once the process dirs that
+        could not be removed before (with no fd left, say) are."""
         if self.owned:
             shutil.rmtree(self.path, ignore_errors=True)
             guardian.unregister_dir(self.path)
+            retry_unremoved(self.path)  # gone with the rest: forget them
         elif self._lock_fd >= 0:
+            left = retry_unremoved(self.path)
+            if left:
+                _log.warning("cannot remove the process dir(s) %s", ", ".join(left))
             os.close(self._lock_fd)  # closing the only fd on it drops the flock
             self._lock_fd = -1

@@ -15,9 +15,12 @@ guardian, the parent and the children share two cores. The pipe still carries wh
 dirs of managers (their temp dirs, and the working dirs their process dirs live in).
 
 An entry is published with its group id written last, a single aligned 4-byte store: a parent
-killed in the middle leaves an entry the guardian skips, never a torn group id. A group is
-cleared once its leader has exited and *before* the parent reaps it, while the zombie still holds
-the id: so the guardian never signals an id that could name another group by then.
+killed in the middle leaves an entry the guardian skips, never a torn group id. A group stays
+registered until its process is released, since what the leader started may outlive it in the
+group. Once the leader has exited, and *before* the parent reaps it (while the zombie still holds
+the id), the entry's group id is negated, in one store again: from then the guardian signals
+that group only if no process has its id as pid, which would mean the number was reused and the
+group is empty (see :mod:`corral._platform`).
 
 Why not ``PR_SET_PDEATHSIG`` in each child (measured on a 2-core Linux VM, ``/bin/true``)?
 
@@ -51,6 +54,7 @@ import threading
 from pathlib import Path
 
 __all__ = [
+    "leader_exited",
     "register_dir",
     "register_group",
     "unregister_dir",
@@ -58,8 +62,9 @@ __all__ = [
     "unregister_process_dir",
 ]
 
-#: One table entry: group id (int32, 0: none), index of the dir's parent (int32, 0: none),
-#: length of the dir's name (uint8), the name (a process dir's UUID).
+#: One table entry: group id (int32, 0: none, negative: its leader was reaped), index of the
+#: dir's parent (int32, 0: none), length of the dir's name (uint8), the name (a process dir's
+#: UUID).
 _ENTRY = 64
 _HEAD = struct.Struct("<iiB")
 _NAME_MAX = _ENTRY - _HEAD.size
@@ -121,13 +126,22 @@ except OSError:
     blob = b""
 for offset in range(0, len(blob) - entry + 1, entry):
     group, parent, length = head.unpack_from(blob, offset)
-    if group > 0:
+    if group:
         groups.append(group)
     if parent in parents and 0 < length <= entry - head.size:
         name = blob[offset + head.size : offset + head.size + length]
         if b"/" not in name and name not in (b".", b".."):
             process_dirs.append(os.path.join(parents[parent], name))
 for group in groups:
+    if group < 0:  # its leader was reaped: a process with that pid means the number was reused
+        group = -group
+        try:
+            os.kill(group, 0)
+            continue
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
     try:
         os.killpg(group, signal.SIGKILL)
     except OSError:
@@ -188,6 +202,12 @@ class _Table:
         _INT.pack_into(self._map, offset, group)  # last: the entry counts from here
         return index
 
+    def mark_reaped(self, index: int, group: int) -> None:
+        """Negate entry ``index``'s group id, if it is ``group``: its leader is being reaped."""
+        offset = index * _ENTRY
+        if _INT.unpack_from(self._map, offset)[0] == group:
+            _INT.pack_into(self._map, offset, -group)  # one store: the guardian sees either
+
     def clear(self, index: int, field: int) -> None:
         """Clear field 0 (the group) or 4 (the dir) of entry ``index``; free it when empty."""
         offset = index * _ENTRY
@@ -218,7 +238,6 @@ class _Guardian:
         self._fd = -1
         self._process: subprocess.Popen[bytes] | None = None
         self._table: _Table | None = None
-        self._groups: dict[int, int] = {}  # group id -> table entry
         # Keyed by str: a str keeps its hash, a Path's parent is a new object to hash each time.
         self._process_dirs: dict[str, int] = {}  # process dir -> table entry
         self._parents: dict[str, int] = {}  # parent of process dirs -> its index (from 1)
@@ -292,30 +311,32 @@ class _Guardian:
             self._tell(b"+", b"P%d %s" % (index, _hex(parent)))
         return index
 
-    def add_group(self, group: int, process_dir: Path | None) -> None:
+    def add_group(self, group: int, process_dir: Path | None) -> int | None:
         with self._lock:
             table = self._ensure_started()
             if table is None:
-                return
+                return None
             if process_dir is None:
-                self._groups[group] = table.add(group)
-                return
+                return table.add(group)
             path = os.fspath(process_dir)
             parent, _, name = path.rpartition(os.sep)
             encoded = os.fsencode(name)
             if not parent or not 0 < len(encoded) <= _NAME_MAX:
-                self._groups[group] = table.add(group)
                 self._tell(b"+", b"D" + _hex(path))  # a name too long for an entry: by the pipe
-                return
+                return table.add(group)
             index = table.add(group, self._parent_index(parent), encoded)
-            self._groups[group] = index
             self._process_dirs[path] = index
+            return index
 
-    def remove_group(self, group: int) -> None:
+    def mark_reaped(self, entry: int, group: int) -> None:
         with self._lock:
-            index = self._groups.pop(group, None)
-            if index is not None and self._table is not None:
-                self._table.clear(index, 0)
+            if self._table is not None:
+                self._table.mark_reaped(entry, group)
+
+    def remove_group(self, entry: int) -> None:
+        with self._lock:
+            if self._table is not None:
+                self._table.clear(entry, 0)
 
     def remove_process_dir(self, process_dir: Path) -> None:
         with self._lock:
@@ -342,7 +363,6 @@ class _Guardian:
             self._table.close()
         self._table = None
         self._process = None
-        self._groups.clear()
         self._process_dirs.clear()
         self._parents.clear()
         self._records.clear()
@@ -354,19 +374,31 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_GUARDIAN.forget_after_fork)
 
 
-def register_group(group: int, process_dir: Path | None = None) -> None:
+def register_group(group: int, process_dir: Path | None = None) -> int | None:
     """Have ``group`` SIGKILLed if this process dies before :func:`unregister_group`.
 
     With ``process_dir`` (a dir named by a process id), also have it removed then, until
-    :func:`unregister_process_dir`. One table entry holds both.
+    :func:`unregister_process_dir`. One table entry holds both. Returns that entry, for
+    :func:`leader_exited` and :func:`unregister_group` (None: no guardian could be started).
     """
-    _GUARDIAN.add_group(group, process_dir)
+    return _GUARDIAN.add_group(group, process_dir)
 
 
-def unregister_group(group: int) -> None:
-    """Never signal ``group`` from now on. Call it once the leader has exited and before it is
-    reaped (while the zombie holds the id), else right after the reap. Idempotent."""
-    _GUARDIAN.remove_group(group)
+def leader_exited(entry: int | None, group: int) -> None:
+    """The leader of ``group`` (registered as ``entry``) exited: call it before reaping it.
+
+    From then on the guardian signals the group only if no process has ``group`` as its pid: a
+    process with that pid would mean the number was reused, after the last member of the group
+    was gone. Idempotent.
+    """
+    if entry is not None:
+        _GUARDIAN.mark_reaped(entry, group)
+
+
+def unregister_group(entry: int | None) -> None:
+    """Never signal the group registered as ``entry`` from now on; call it once only."""
+    if entry is not None:
+        _GUARDIAN.remove_group(entry)
 
 
 def unregister_process_dir(process_dir: Path) -> None:

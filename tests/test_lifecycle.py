@@ -736,6 +736,9 @@ PARENT = textwrap.dedent(
         if mode == "guardian signalled":
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
                 os.kill(guardian(), sig)
+        if mode == "guardian killed last":  # no spawn follows that would start a new one
+            killed = guardian()
+            os.kill(killed, signal.SIGKILL)
         report = {
             "children": [[pid, stat(pid)[2]] for pid in children],
             "grandchildren": [[pid, stat(pid)[2]] for pid in grandchildren],
@@ -770,7 +773,8 @@ async def read_line(fd: int, timeout: float) -> bytes:
         (True, "plain"),
         (False, "plain"),
         (False, "guardian signalled"),  # it ignored SIGINT/SIGTERM/... and still does its job
-        (True, "guardian killed"),  # restarted, knowing the earlier children
+        (True, "guardian killed"),  # restarted at once, knowing the earlier children
+        (False, "guardian killed last"),  # restarted at once, with no spawn to follow
     ],
 )
 async def test_no_child_outlives_a_parent_killed_with_sigkill(

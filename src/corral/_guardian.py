@@ -22,6 +22,10 @@ the id), the entry's group id is negated, in one store again: from then the guar
 that group only if no process has its id as pid, which would mean the number was reused and the
 group is empty (see :mod:`corral._platform`).
 
+The parent watches its guardian: a daemon thread waits for it, and when it dies (the OOM killer,
+a stray SIGKILL) starts a new one at once. The new guardian shares the table, so it knows every
+group and process dir already; what went through the pipe is told again.
+
 Why not ``PR_SET_PDEATHSIG`` in each child (measured on a 2-core Linux VM, ``/bin/true``)?
 
 ==============================  ===========  ==========================================
@@ -51,6 +55,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 __all__ = [
@@ -72,6 +77,11 @@ _INT = struct.Struct("<i")
 #: All of an entry but its group: written in one store, before the group.
 _BODY = struct.Struct(f"<iB{_NAME_MAX}s")
 _FIRST_ENTRIES = 1024
+
+#: A guardian that dies sooner than this after its start is restarted after a growing pause (up
+#: to _RESTART_PAUSE_MAX), not in a tight loop: one that cannot even start would spin otherwise.
+_SHORT_LIFE = 1.0
+_RESTART_PAUSE_MAX = 5.0
 
 #: Signals the guardian ignores: it must outlive whatever stops the parent, to clean up after it.
 _IGNORED = tuple(
@@ -244,10 +254,22 @@ class _Guardian:
         # What went through the pipe and still holds, for a restarted guardian: b"P<index>
         # <hex>" and b"D<hex>" (a dir to remove).
         self._records: set[bytes] = set()
+        self._watched = False  # a thread waits for the guardian, to restart it
 
     def _ensure_started(self) -> _Table | None:
         if self._process is not None and self._process.poll() is None:
             return self._table
+        table = self._start()
+        if table is not None and not self._watched:
+            try:
+                threading.Thread(target=self._watch, name="corral-guardian", daemon=True).start()
+            except RuntimeError:  # no thread to be had: the next registration restarts it
+                pass
+            else:
+                self._watched = True
+        return table
+
+    def _start(self) -> _Table | None:
         self._close_pipe()
         try:
             if self._table is None:
@@ -283,11 +305,35 @@ class _Guardian:
             self._write(b"".join(_line(b"+", record) for record in self._records))
         return table  # it shares the table: it knows every group and process dir already
 
+    def _watch(self) -> None:
+        """Wait for the guardian; when it dies, start another at once (runs in its own thread).
+
+        Not a pidfd on some loop: the guardian serves every manager, on any thread or loop, and
+        none of them need be running when it dies.
+        """
+        pause = 0.0
+        while True:
+            with self._lock:
+                process = self._process
+            if process is None:  # pragma: no cover - only after a fork, where this thread is gone
+                return
+            began = time.monotonic()
+            with contextlib.suppress(Exception):  # interrupted, or at interpreter exit
+                process.wait()
+            if time.monotonic() - began < _SHORT_LIFE:  # died young: maybe it cannot start
+                pause = min(max(2 * pause, 0.05), _RESTART_PAUSE_MAX)
+                time.sleep(pause)
+            else:
+                pause = 0.0
+            with self._lock, contextlib.suppress(Exception):
+                if self._process is process:  # else a registration restarted it meanwhile
+                    self._ensure_started()
+
     def _write(self, data: bytes) -> None:
         try:
             os.write(self._fd, data)  # a few bytes into a pipe that is drained: never blocks
         except OSError:
-            self._close_pipe()  # the guardian died: the next registration restarts it
+            self._close_pipe()  # the guardian died: it is being restarted
 
     def _close_pipe(self) -> None:
         if self._fd >= 0:
@@ -357,7 +403,7 @@ class _Guardian:
 
     def forget_after_fork(self) -> None:
         # A forked child must not hold the pipe open (the guardian would miss the parent's
-        # death), nor write into the parent's table.
+        # death), nor write into the parent's table. The watching thread is not forked.
         self._close_pipe()
         if self._table is not None:
             self._table.close()
@@ -366,6 +412,7 @@ class _Guardian:
         self._process_dirs.clear()
         self._parents.clear()
         self._records.clear()
+        self._watched = False
         self._lock = threading.Lock()
 
 

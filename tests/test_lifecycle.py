@@ -666,6 +666,38 @@ async def test_a_forked_child_has_a_guardian_and_a_table_of_its_own(
     assert len(guardians_of_self()) == 1
 
 
+#: Tells the guardian of a dir after the guardian died, before it is restarted (the lock held
+#: keeps the watching thread from restarting it), with SIGPIPE's default action, as programs that
+#: pipe into ``head`` set it.
+TELLS_A_DEAD_GUARDIAN = textwrap.dedent(
+    """
+    import os, select, signal, sys
+    from corral import _guardian
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    _guardian.register_dir(sys.argv[1])  # starts the guardian, tells it of the dir
+    guardian = _guardian._GUARDIAN
+    with guardian._lock:
+        assert guardian._process is not None
+        pidfd = os.pidfd_open(guardian._process.pid)
+        os.kill(guardian._process.pid, signal.SIGKILL)
+        assert select.select([pidfd], [], [], 10)[0]  # it is gone
+        guardian._tell(b"+", b"D" + _guardian._hex(sys.argv[1]))
+    print("still here", flush=True)
+    """
+)
+
+
+def test_telling_a_dead_guardian_does_not_kill_the_program(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", TELLS_A_DEAD_GUARDIAN, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 2,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (0, "still here\n"), done.stderr
+
+
 #: A parent program: a manager on argv[1] (or its own temp dir when empty) with 20 children,
 #: every other one with a grandchild, and 4 that exited, leaving a background job in their group;
 #: argv[2] says what happens to the guardian on the way. Prints the pids and start times, the

@@ -1,17 +1,19 @@
 """No orphans, even when the parent is SIGKILLed: a guardian process that outlives it briefly.
 
 Once per parent process corral starts a tiny guardian (a Python interpreter running
-``_GUARDIAN_CODE``) in a session of its own, with a pipe from the parent as its stdin. When the
-parent dies, however it dies, the kernel closes the pipe; the guardian reads EOF, SIGKILLs every
-process group still registered, grandchildren included, removes the dirs it was told about
-(process dirs, a manager's own temp dir), then exits.
+``_GUARDIAN_CODE``) in a session of its own, with a Unix socket from the parent as its stdin.
+When the parent dies, however it dies, the kernel closes the socket; the guardian reads EOF,
+SIGKILLs every process group still registered, grandchildren included, removes the dirs it was
+told about (process dirs, a manager's own temp dir), then exits. A socket rather than a pipe: a
+write to a guardian that died is an error (``MSG_NOSIGNAL``), never a SIGPIPE, which would kill a
+parent that restored SIGPIPE's default action.
 
 What it must clean up lives in a shared table: a small file in memory (``memfd``, or an unlinked
 temp file elsewhere) that the parent maps and the guardian reads only once, at the end. A spawn
 registers its child's group, and its process dir, by writing one entry there: a few stores, no
-system call, and the guardian is not woken. Before this table, each spawn was a pipe write that
+system call, and the guardian is not woken. Before this table, each spawn was a write that
 woke the guardian, and the wake-ups cost more CPU than the write on a small machine where the
-guardian, the parent and the children share two cores. The pipe still carries what is rare: the
+guardian, the parent and the children share two cores. The socket still carries what is rare: the
 dirs of managers (their temp dirs, and the working dirs their process dirs live in).
 
 An entry is published with its group id written last, a single aligned 4-byte store: a parent
@@ -24,7 +26,7 @@ group is empty (see :mod:`corral._platform`).
 
 The parent watches its guardian: a daemon thread waits for it, and when it dies (the OOM killer,
 a stray SIGKILL) starts a new one at once. The new guardian shares the table, so it knows every
-group and process dir already; what went through the pipe is told again.
+group and process dir already; what went through the socket is told again.
 
 Why not ``PR_SET_PDEATHSIG`` in each child (measured on a 2-core Linux VM, ``/bin/true``)?
 
@@ -39,9 +41,9 @@ guardian                        ~1,800       an entry in shared memory per spawn
 
 The death signal also only reaches the direct child (grandchildren survive, reparented to
 init), fires when the *thread* that spawned exits rather than the process, and does not exist on
-macOS. The guardian kills whole groups, does not care which thread spawned, and needs only a pipe
-and a file. Its cost is one extra process per parent (started on the first spawn, ~20 ms) and a
-window of a few microseconds between a child's start and its registration.
+macOS. The guardian kills whole groups, does not care which thread spawned, and needs only a
+socket and a file. Its cost is one extra process per parent (started on the first spawn, ~20 ms)
+and a window of a few microseconds between a child's start and its registration.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ import contextlib
 import mmap
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -77,6 +80,9 @@ _INT = struct.Struct("<i")
 #: All of an entry but its group: written in one store, before the group.
 _BODY = struct.Struct(f"<iB{_NAME_MAX}s")
 _FIRST_ENTRIES = 1024
+
+#: Where there is no MSG_NOSIGNAL (macOS), Python's own SIG_IGN for SIGPIPE is all there is.
+_NO_SIGPIPE = getattr(socket, "MSG_NOSIGNAL", 0)
 
 #: A guardian that dies sooner than this after its start is restarted after a growing pause (up
 #: to _RESTART_PAUSE_MAX), not in a tight loop: one that cannot even start would spin otherwise.
@@ -241,17 +247,18 @@ class _Table:
 
 
 class _Guardian:
-    """The parent's side: the guardian process, its pipe, the table and what is in it."""
+    """The parent's side: the guardian process, its socket, the table and what is in it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # managers on several threads may spawn at once
-        self._fd = -1
+        # The parent's end of the guardian's stdin (a socket: see the module's docstring).
+        self._socket: socket.socket | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._table: _Table | None = None
         # Keyed by str: a str keeps its hash, a Path's parent is a new object to hash each time.
         self._process_dirs: dict[str, int] = {}  # process dir -> table entry
         self._parents: dict[str, int] = {}  # parent of process dirs -> its index (from 1)
-        # What went through the pipe and still holds, for a restarted guardian: b"P<index>
+        # What went through the socket and still holds, for a restarted guardian: b"P<index>
         # <hex>" and b"D<hex>" (a dir to remove).
         self._records: set[bytes] = set()
         self._watched = False  # a thread waits for the guardian, to restart it
@@ -270,12 +277,12 @@ class _Guardian:
         return table
 
     def _start(self) -> _Table | None:
-        self._close_pipe()
+        self._close_socket()
         try:
             if self._table is None:
                 self._table = _Table()
             table = self._table
-            read_end, write_end = os.pipe2(os.O_CLOEXEC) if hasattr(os, "pipe2") else os.pipe()
+            ours, theirs = socket.socketpair()  # non-inheritable, as every new fd
         except OSError:
             return None  # degrade: children are still killed on abort and at exit
         # The interpreter takes ~20 ms to start: until it ignores them, the signals it must
@@ -286,7 +293,7 @@ class _Guardian:
         try:
             self._process = subprocess.Popen(
                 _argv(table.fd),
-                stdin=read_end,
+                stdin=theirs.fileno(),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,  # out of reach of the terminal's and the group's signals
@@ -294,13 +301,13 @@ class _Guardian:
                 pass_fds=(table.fd,),
             )
         except OSError:
-            os.close(write_end)
+            ours.close()
             return None
         finally:
             if masked:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-            os.close(read_end)
-        self._fd = write_end
+            theirs.close()
+        self._socket = ours
         if self._records:  # a restarted guardian learns what its predecessor was told
             self._write(b"".join(_line(b"+", record) for record in self._records))
         return table  # it shares the table: it knows every group and process dir already
@@ -330,25 +337,25 @@ class _Guardian:
                     self._ensure_started()
 
     def _write(self, data: bytes) -> None:
+        if self._socket is None:
+            return
         try:
-            os.write(self._fd, data)  # a few bytes into a pipe that is drained: never blocks
+            self._socket.sendall(data, _NO_SIGPIPE)  # a few bytes, drained: never blocks
         except OSError:
-            self._close_pipe()  # the guardian died: it is being restarted
+            self._close_socket()  # the guardian died: it is being restarted
 
-    def _close_pipe(self) -> None:
-        if self._fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = -1
+    def _close_socket(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
 
     def _tell(self, sign: bytes, record: bytes) -> None:
-        """Send a pipe record (the guardian started); keep it for a restarted guardian."""
+        """Send a record (if the guardian started); keep it for a restarted guardian."""
         if sign == b"+":
             self._records.add(record)
         else:
             self._records.discard(record)
-        if self._fd >= 0:
-            self._write(_line(sign, record))
+        self._write(_line(sign, record))
 
     def _parent_index(self, parent: str) -> int:
         index = self._parents.get(parent)
@@ -368,7 +375,7 @@ class _Guardian:
             parent, _, name = path.rpartition(os.sep)
             encoded = os.fsencode(name)
             if not parent or not 0 < len(encoded) <= _NAME_MAX:
-                self._tell(b"+", b"D" + _hex(path))  # a name too long for an entry: by the pipe
+                self._tell(b"+", b"D" + _hex(path))  # a name too long for an entry: by the socket
                 return table.add(group)
             index = table.add(group, self._parent_index(parent), encoded)
             self._process_dirs[path] = index
@@ -402,9 +409,9 @@ class _Guardian:
             self._tell(b"-", b"D" + _hex(path))
 
     def forget_after_fork(self) -> None:
-        # A forked child must not hold the pipe open (the guardian would miss the parent's
+        # A forked child must not hold the socket open (the guardian would miss the parent's
         # death), nor write into the parent's table. The watching thread is not forked.
-        self._close_pipe()
+        self._close_socket()
         if self._table is not None:
             self._table.close()
         self._table = None

@@ -25,6 +25,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import cast
 
+import pytest
 from conftest import TIMEOUT, pid_alive, pidfd, start_time, wait_fd_readable
 from test_cli import assert_nothing_left, child_pids, run_cli, write_procfile
 from test_lifecycle import bash, bounded, first_lines, signal_pending, start_guardian
@@ -73,9 +74,11 @@ def wait_pidfd(fd: int, timeout: float = TIMEOUT) -> bool:
     return bool(select.select([fd], [], [], timeout)[0])
 
 
+@pytest.mark.parametrize("pidfds", [True, False], ids=["pidfds", "a thread per child"])
 async def test_kill_after_the_child_exited_kills_its_background_job(
-    manager: ProcessManagerHandle,
+    manager: ProcessManagerHandle, monkeypatch: pytest.MonkeyPatch, pidfds: bool
 ) -> None:
+    monkeypatch.setattr(platform_module, "HAS_PIDFD", pidfds and platform_module.HAS_PIDFD)
     async with left_job(manager) as (process_id, fd):
         await bounded(manager.kill(process_id))
         await wait_fd_readable(fd)

@@ -100,7 +100,7 @@ async def test_terminate_kills_a_job_that_ignores_sigterm_after_the_grace(
     manager: ProcessManagerHandle,
 ) -> None:
     # The child exits on SIGTERM, its job ignores it: SIGKILL once the grace is over.
-    script = "(trap '' TERM; exec sleep 300) & echo $!; wait"
+    script = "(trap '' TERM; echo $BASHPID; exec sleep 300) & wait"  # its pid once it ignores
     process_id = await manager.spawn(bash(script))
     job = int((await first_lines(manager, process_id))[0])
     with pidfd(job) as fd:

@@ -289,7 +289,7 @@ async def test_send_signal_reaches_only_the_child_by_default(
             assert pid_alive(grandchild, started)
             assert not signal_pending(grandchild, signal.SIGTERM)
         finally:
-            # Orphaned now (its group left the guardian's care with the child's reap): ours.
+            # Left in the group, which kill() below would end: ended here, even on a failure.
             signal.pidfd_send_signal(fd, signal.SIGKILL)
             await wait_fd_readable(fd)
     await bounded(manager.kill(process_id))
@@ -358,7 +358,8 @@ async def test_exits_are_seen_without_pidfds_too(
     manager: ProcessManagerHandle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Where pidfds are missing, a thread per child waits for it; the guardian still forgets each
-    group before the reap."""
+    group that its child left empty."""
+    await warm_up(manager)  # one-time resources (the guardian) exist already
     monkeypatch.setattr(platform_module, "HAS_PIDFD", False)
     threads = threading.active_count()
     sleeping = await manager.spawn(sleep_cmd(300))
@@ -369,9 +370,7 @@ async def test_exits_are_seen_without_pidfds_too(
     terminated = await bounded(manager.terminate(sleeping))
     assert terminated.exit_status == TERMINATED
     assert_no_zombie()
-    registered = guardian_module._GUARDIAN._groups
-    assert exited.pid not in registered
-    assert terminated.pid not in registered
+    assert not {exited.pid, terminated.pid} & table_groups()
     await asyncio.gather(*(bounded(manager.kill(i)) for i in (sleeping, exiting)))
 
 
@@ -585,6 +584,16 @@ async def test_spawns_and_reaps_do_not_wake_the_guardian(manager: ProcessManager
     assert int(status_field(guardian, "voluntary_ctxt_switches")) - int(woken) <= 2
 
 
+def start_guardian(table: guardian_module._Table) -> subprocess.Popen[bytes]:
+    """A guardian on ``table``, its stdin a pipe from here: closing it is the parent's death."""
+    return subprocess.Popen(
+        guardian_module._argv(table.fd),
+        stdin=subprocess.PIPE,
+        pass_fds=(table.fd,),
+        start_new_session=True,
+    )
+
+
 def test_the_guardian_reads_a_grown_table(tmp_path: Path) -> None:
     """Entries past the table's first size, freed ones reused: the guardian sees the live ones."""
     table = guardian_module._Table()
@@ -606,12 +615,7 @@ def test_the_guardian_reads_a_grown_table(tmp_path: Path) -> None:
             table.clear(index, 4)  # the parent removed it: the guardian must not
         for path in (*live_dirs, *dead_dirs):
             (path / "data").mkdir(parents=True)
-        guardian = subprocess.Popen(
-            guardian_module._argv(table.fd),
-            stdin=subprocess.PIPE,
-            pass_fds=(table.fd,),
-            start_new_session=True,
-        )
+        guardian = start_guardian(table)
         assert guardian.stdin is not None
         guardian.stdin.write(b"P+1 " + os.fsencode(work).hex().encode() + b"\n")
         guardian.stdin.close()  # as if the parent died
@@ -626,13 +630,14 @@ def test_the_guardian_reads_a_grown_table(tmp_path: Path) -> None:
 
 
 def table_groups() -> set[int]:
-    """The group ids in this process's guardian table."""
+    """The group ids in this process's guardian table (of live leaders or not)."""
     table = guardian_module._GUARDIAN._table
     assert table is not None
     blob = os.pread(table.fd, os.fstat(table.fd).st_size, 0)
     entry = guardian_module._ENTRY
     groups = {
-        int.from_bytes(blob[i : i + 4], "little", signed=True) for i in range(0, len(blob), entry)
+        abs(int.from_bytes(blob[i : i + 4], "little", signed=True))
+        for i in range(0, len(blob), entry)
     }
     return groups - {0}
 
@@ -661,38 +666,78 @@ async def test_a_forked_child_has_a_guardian_and_a_table_of_its_own(
         os.close(read_end)
         await wait_exited(child)
         os.waitpid(child, 0)
-    sleeper = int(line)
-    assert sleeper not in table_groups()  # registered in the child's table, not in ours
-    await wait_exited(sleeper)  # killed by the child's guardian when the child exited
+    sleeper_pid = int(line)
+    assert sleeper_pid not in table_groups()  # registered in the child's table, not in ours
+    await wait_exited(sleeper_pid)  # killed by the child's guardian when the child exited
     assert len(guardians_of_self()) == 1
 
 
+#: Tells the guardian of a dir after the guardian died, before it is restarted (the lock held
+#: keeps the watching thread from restarting it), with SIGPIPE's default action, as programs that
+#: pipe into ``head`` set it.
+TELLS_A_DEAD_GUARDIAN = textwrap.dedent(
+    """
+    import os, select, signal, sys
+    from corral import _guardian
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    _guardian.register_dir(sys.argv[1])  # starts the guardian, tells it of the dir
+    guardian = _guardian._GUARDIAN
+    with guardian._lock:
+        assert guardian._process is not None
+        pidfd = os.pidfd_open(guardian._process.pid)
+        os.kill(guardian._process.pid, signal.SIGKILL)
+        assert select.select([pidfd], [], [], 10)[0]  # it is gone
+        guardian._tell(b"+", b"D" + _guardian._hex(sys.argv[1]))
+    print("still here", flush=True)
+    """
+)
+
+
+def test_telling_a_dead_guardian_does_not_kill_the_program(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", TELLS_A_DEAD_GUARDIAN, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 2,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (0, "still here\n"), done.stderr
+
+
 #: A parent program: a manager on argv[1] (or its own temp dir when empty) with 20 children,
-#: every other one with a grandchild; argv[2] says what happens to the guardian on the way.
-#: Prints the pids and start times, the process dirs and the guardian, then blocks.
+#: every other one with a grandchild, and 4 that exited, leaving a background job in their group;
+#: argv[2] says what happens to the guardian on the way. Prints the pids and start times, the
+#: process dirs and the guardian, then blocks.
 PARENT = textwrap.dedent(
     """
-    import asyncio, json, os, signal, sys
+    import asyncio, json, os, signal, sys, time
     from pathlib import Path
     from corral import Cmd, CmdOptions, LoggingType, ProcessManager
 
     def stat(pid):
         text = open(f"/proc/{pid}/stat").read()
         fields = text[text.rindex(")") + 2 :].split()
-        return int(fields[1]), int(fields[19])
+        return fields[0], int(fields[1]), int(fields[19])
 
-    def guardian():
+    def guardian(killed=None):
+        # The one live guardian (a child in a session of its own), once it is not ``killed``:
+        # a new one appears with no event to wait for, so this polls, with a deadline.
         me = os.getpid()
-        found = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    if stat(int(entry))[0] == me and os.getsid(int(entry)) == int(entry):
-                        found.append(int(entry))
-                except (OSError, ValueError):
-                    pass
-        [pid] = found
-        return pid
+        deadline = time.monotonic() + 10
+        while True:
+            found = []
+            for entry in os.listdir("/proc"):
+                if entry.isdigit() and int(entry) != killed:
+                    try:
+                        state, parent, _ = stat(int(entry))
+                        if parent == me and state != "Z" and os.getsid(int(entry)) == int(entry):
+                            found.append(int(entry))
+                    except (OSError, ValueError):
+                        pass
+            if len(found) == 1:
+                return found[0]
+            assert time.monotonic() < deadline, f"guardians: {found}"
+            time.sleep(0.01)
 
     async def lines(handle, process_id, n):
         got = []
@@ -708,25 +753,34 @@ PARENT = textwrap.dedent(
         handle = ProcessManager.spawn(working_dir or None)
         logs = CmdOptions(logging_type=LoggingType.STDOUT_ONLY)
         children, grandchildren, dirs = [], [], []
-        for n in range(20):
+        killed = None
+        for n in range(24):
             if n == 10 and mode == "guardian killed":
-                old = guardian()
-                os.kill(old, signal.SIGKILL)
-                os.waitid(os.P_PID, old, os.WEXITED | os.WNOWAIT)  # left for corral to reap
+                killed = guardian()
+                os.kill(killed, signal.SIGKILL)
             script = 'echo "$PROCESS_DATA_DIR"; '
-            script += "sleep 300 & echo $!; sleep 300" if n % 2 else "exec sleep 300"
+            if n >= 20:  # exits, its job stays in its group
+                script += "sleep 300 & echo $!"
+            else:
+                script += "sleep 300 & echo $!; sleep 300" if n % 2 else "exec sleep 300"
             process_id = await handle.spawn(Cmd("bash", ["-c", script], logs))
-            got = await lines(handle, process_id, 1 + n % 2)
+            got = await lines(handle, process_id, 1 + (n % 2 or n >= 20))
             dirs.append(str(Path(got[0]).parent))
             grandchildren += [int(pid) for pid in got[1:]]
-            children.append((await handle.get_process_info(process_id)).pid)
+            if n >= 20:
+                await handle.wait(process_id)
+            else:
+                children.append((await handle.get_process_info(process_id)).pid)
         if mode == "guardian signalled":
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
                 os.kill(guardian(), sig)
+        if mode == "guardian killed last":  # no spawn follows that would start a new one
+            killed = guardian()
+            os.kill(killed, signal.SIGKILL)
         report = {
-            "children": [[pid, stat(pid)[1]] for pid in children],
-            "grandchildren": [[pid, stat(pid)[1]] for pid in grandchildren],
-            "guardian": [guardian(), stat(guardian())[1]],
+            "children": [[pid, stat(pid)[2]] for pid in children],
+            "grandchildren": [[pid, stat(pid)[2]] for pid in grandchildren],
+            "guardian": [guardian(killed), stat(guardian(killed))[2]],
             "dirs": dirs,
         }
         print(json.dumps(report), flush=True)
@@ -757,7 +811,8 @@ async def read_line(fd: int, timeout: float) -> bytes:
         (True, "plain"),
         (False, "plain"),
         (False, "guardian signalled"),  # it ignored SIGINT/SIGTERM/... and still does its job
-        (True, "guardian killed"),  # restarted on the next spawn, knowing the earlier children
+        (True, "guardian killed"),  # restarted at once, knowing the earlier children
+        (False, "guardian killed last"),  # restarted at once, with no spawn to follow
     ],
 )
 async def test_no_child_outlives_a_parent_killed_with_sigkill(
@@ -780,7 +835,7 @@ async def test_no_child_outlives_a_parent_killed_with_sigkill(
         guardian = tuple(report["guardian"])
         everyone = [*children, *grandchildren, guardian]
         assert len(children) == 20
-        assert len(grandchildren) == 10
+        assert len(grandchildren) == 10 + 4
         assert all(pid_alive(pid, started) for pid, started in everyone)
         dirs = [Path(d) for d in report["dirs"]]
         assert all(d.is_dir() for d in dirs)

@@ -31,7 +31,7 @@ from ._model import (
     ProcessInfo,
     RestartMode,
 )
-from ._platform import ExitWatch, ExitWatcher
+from ._platform import ExitWatch, ExitWatcher, reaped_group_alive, signal_reaped_group
 from ._spawn import SpawnedChild, remove_process_dir
 from ._streams import Broadcast, MessageReader, MessageWriter
 from ._supervision import EventKind, EventRecord, RestartTracker
@@ -43,7 +43,13 @@ _SPAWN_FAILED = ExitStatus(code=127, signal=None, success=False)
 
 
 class _Run:
-    """One run of the child: the OS process and the per-run ends of its pipes."""
+    """One run of the child: the OS process, its group and the per-run ends of its pipes.
+
+    The group outlives the child while anything the child started still runs in it: it is
+    signalled, and kept in the guardian's care, until the run is closed, the child exited or
+    not. Once the child is reaped the group is only signalled after
+    :func:`corral._platform.signal_reaped_group` has checked that the id is still ours.
+    """
 
     def __init__(
         self,
@@ -65,35 +71,65 @@ class _Run:
             self.writer = MessageWriter(child.message_in, process_id=process_id, loop=exits.loop)
         if child.message_out is not None and broadcast is not None:
             self.reader = MessageReader(child.message_out, broadcast)
-        guardian.register_group(self.pid, guard_dir)
+        #: The group's entry with the guardian (None once forgotten, or without a guardian).
+        self._guard = guardian.register_group(self.pid, guard_dir)
+        #: Nothing is left of the group, or its id is no longer ours: never signal it again.
+        self._group_gone = False
         self._on_exit = on_exit
-        self.watch: ExitWatch | None = exits.watch(child.popen, self._exited, self._before_reap)
+        try:
+            self.watch: ExitWatch | None = exits.watch(child.popen, self._exited, self._before_reap)
+        except BaseException:  # e.g. no thread to wait with: the spawn is undone by the caller
+            guardian.unregister_group(self._guard)
+            raise
 
     def _before_reap(self) -> None:
-        # The leader exited: from the reap on, its id may name another group. The guardian must
-        # forget it first, while the zombie still holds it.
-        guardian.unregister_group(self.pid)
-        if self.kill_group_at_exit:
-            # The zombie leader still holds the group id, so this cannot hit another group.
-            with contextlib.suppress(OSError):
-                os.killpg(self.pid, signal.SIGKILL)
+        # The leader exited; its zombie holds the group id until the reap. From the reap on the
+        # guardian must check the id before signalling it: tell it now, while it is still ours.
+        guardian.leader_exited(self._guard, self.pid)
+        if self.kill_group_at_exit:  # late forks of a killed child
+            self.signal_group(signal.SIGKILL)
 
     def _exited(self, returncode: int) -> None:
-        guardian.unregister_group(self.pid)  # where the exit was only seen with the reap
         self.watch = None
+        self._on_exit(self, self._after_reap(returncode))
+
+    def _after_reap(self, returncode: int) -> ExitStatus:
+        guardian.leader_exited(self._guard, self.pid)  # where the exit was only seen with the reap
         self.exit_status = status = ExitStatus.from_returncode(returncode)
-        self._on_exit(self, status)
+        # Most children leave nothing behind: their group is forgotten here (signal 0 probes).
+        self.signal_group(signal.SIGKILL if self.kill_group_at_exit else 0)
+        return status
+
+    def _forget_group(self) -> None:
+        self._group_gone = True
+        guard, self._guard = self._guard, None
+        guardian.unregister_group(guard)
 
     def signal_group(self, sig: int) -> None:
-        """Send ``sig`` to the group, while the child is not reaped (after, the id is not ours)."""
-        if self.exit_status is None:
+        """Send ``sig`` to the group: the child and what it started, or what is left of it once
+        the child has exited."""
+        if self._group_gone:
+            return
+        if self.popen.returncode is None:  # not reaped: the leader holds the id, live or zombie
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, sig)
+        elif not signal_reaped_group(self.pid, sig):
+            self._forget_group()
 
     def kill(self) -> None:
         """SIGKILL the whole group, now and again when the leader exits (late forks included)."""
         self.kill_group_at_exit = True
         self.signal_group(signal.SIGKILL)
+
+    async def wait_group_gone(self) -> None:
+        """Return once nothing of the group runs any more (the leader reaped first).
+
+        The OS has no event for the end of a group: this polls, from every few ms to 0.1 s.
+        """
+        pause = 0.005
+        while not self._group_gone and reaped_group_alive(self.pid):
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, 0.1)
 
     def reap_blocking(self) -> None:
         """SIGKILL and reap synchronously (shutdown without a running loop)."""
@@ -102,11 +138,15 @@ class _Run:
             self.watch.cancel()
             self.watch = None
         if self.exit_status is None:
-            guardian.unregister_group(self.pid)  # SIGKILLed already: it dies without the guardian
-            self.exit_status = ExitStatus.from_returncode(self.popen.wait())
+            self._before_reap()  # SIGKILLed already: it exits, and is not reaped yet
+            self._after_reap(self.popen.wait())
 
     def close(self) -> None:
-        """Release this run's watch and pipe ends."""
+        """Release this run's watch and pipe ends; SIGKILL what is left of its group."""
+        if self.exit_status is not None:  # else the guardian must keep the live group
+            self.signal_group(signal.SIGKILL)
+            if not self._group_gone:
+                self._forget_group()
         if self.watch is not None:
             self.watch.cancel()
             self.watch = None
@@ -247,6 +287,9 @@ class ManagedProcess:
             self._go_down(reason)
 
     def _schedule_restart(self, delay: float) -> None:
+        # What the last run left in its group is asked to stop now, and SIGKILLed when the
+        # restart is due: a new run never shares the stage with the last one's leftovers.
+        self._run.signal_group(signal.SIGTERM)
         self._tracker.restarting()
         self._restart_pending = True
         self._restart_timer = self._loop.call_later(delay, self._restart_due)
@@ -256,6 +299,7 @@ class ManagedProcess:
         self._restart_timer = None
         if self._stopping:
             return
+        self._run.signal_group(signal.SIGKILL)  # before the drain: leftovers may hold the pipe
         reader = self._run.reader
         if reader is not None and not reader.closed:
             # The last run's output is still being delivered (a lossless subscriber may hold it
@@ -353,22 +397,23 @@ class ManagedProcess:
         return True
 
     def kill(self) -> None:
-        """No more restarts; SIGKILL the whole group of a live run."""
-        if self._stop_restarts():
-            self._run.kill()
+        """No more restarts; SIGKILL the whole group, or what is left of it if the child exited."""
+        self._stop_restarts()
+        self._run.kill()
 
     async def terminate(self, grace: float) -> ExitedProcessInfo:
-        """No more restarts; SIGTERM the group, SIGKILL it if still alive after ``grace`` s."""
-        if self._stop_restarts():
-            if grace <= 0:
-                self._run.kill()
-            else:
-                self._run.signal_group(signal.SIGTERM)
-                try:
-                    async with asyncio.timeout(grace):
-                        return await asyncio.shield(self.exited)
-                except TimeoutError:
-                    self._run.kill()
+        """No more restarts; SIGTERM the group (or what is left of it if the child exited), and
+        SIGKILL whatever of it still runs after ``grace`` s."""
+        running = self._stop_restarts()
+        run = self._run
+        if grace > 0:
+            run.signal_group(signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    if running:
+                        await asyncio.shield(self.exited)
+                    await run.wait_group_gone()
+        run.kill()
         return await asyncio.shield(self.exited)
 
     def kill_and_reap_blocking(self) -> None:

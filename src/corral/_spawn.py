@@ -461,7 +461,6 @@ def discard_child(child: SpawnedChild) -> None:
     that was SIGKILLed."""
     with contextlib.suppress(OSError):
         os.killpg(child.popen.pid, signal.SIGKILL)  # not reaped yet: the group is still ours
-    guardian.unregister_group(child.popen.pid)  # if it got that far; before the reap
     child.popen.wait()
     for fd in (child.message_in, child.message_out):
         if fd is not None:

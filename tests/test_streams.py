@@ -1094,6 +1094,33 @@ async def test_garbage_from_the_child_fails_per_item(spawn: Spawn) -> None:
     assert all(item.process_id == process_id for item in bad)
 
 
+#: Values nested 100,000 deep (JSON, then MessagePack in base64), then a good message.
+DEEP_PY = """\
+import base64, sys
+out = sys.stdout.buffer
+out.write(b"[" * 100_000 + b"\\n")
+out.write(base64.b64encode(b"\\x91" * 100_000 + b"\\xc0") + b"\\n")
+out.write(b'{"ok": 1}\\n')
+"""
+
+
+@pytest.mark.parametrize("fmt", [MessageFormat.JSON, MessageFormat.MESSAGE_PACK_BASE64])
+async def test_a_deeply_nested_message_fails_its_item_and_the_stream_goes_on(
+    spawn: Spawn, fmt: MessageFormat
+) -> None:
+    broadcast = Broadcast(16)
+    items = broadcast.subscribe().decoded(fmt)
+    await spawn([sys.executable, "-c", DEEP_PY], broadcast=broadcast, message_input=False)
+    got = await outcomes(items, ReceiveDeserializedMessageError)
+    assert len(got) == 3
+    deep = 0 if fmt is MessageFormat.JSON else 1
+    assert isinstance(got[deep], ReceiveDeserializedMessageError)
+    assert "nested too deeply" in str(got[deep])
+    assert isinstance(got[1 - deep], ReceiveDeserializedMessageError)  # the other format's
+    if fmt is MessageFormat.JSON:
+        assert got[2] == {"ok": 1}
+
+
 #: Write a whole line and half of another, then die by SIGKILL.
 DIE_MID_MESSAGE_PY = """\
 import os, sys

@@ -56,7 +56,12 @@ class _Run:
         if child.message_in is not None:
             self.writer = MessageWriter(child.message_in, process_id=process_id, loop=exits.loop)
         if child.message_out is not None and broadcast is not None:
-            self.reader = MessageReader(child.message_out, broadcast)
+            self.reader = MessageReader(
+                child.message_out,
+                broadcast,
+                max_message_bytes=child.cmd.options.max_message_bytes,
+                exit_status=lambda: self.exit_status,
+            )
         guardian.register_group(self.pid, guard_dir)
         self._on_exit = on_exit
         self.watch: ExitWatch | None = exits.watch(child.popen, self._exited, self._before_reap)

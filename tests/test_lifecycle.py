@@ -417,7 +417,8 @@ async def test_abort_kills_children_ignoring_sigterm_after_one_grace(work_dir: P
     began = time.monotonic()
     await asyncio.wait_for(handle.abort(grace=0.3), TIMEOUT)
     elapsed = time.monotonic() - began
-    assert 0.3 <= elapsed < 2.0  # one grace for all, not twenty
+    # One grace for all, not twenty (6 s); the rest is slack for a loaded machine, as above.
+    assert 0.3 <= elapsed < 3.0
     assert not any(pid_alive(pid, started) for pid, started in pids)
     assert_no_zombie()
     assert list(work_dir.iterdir()) == []

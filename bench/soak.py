@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from scale import fds, rss_kib  # bench/ is on the path of a script run from it
+
 from corral import Cmd, CmdOptions, ExitStatus, LoggingType, ProcessManager
 
 #: The child answers one message over its named pipes and writes to both logged streams.
@@ -33,27 +35,19 @@ CHILD = 'read -r m < "$INPUT_PIPE"; echo "$m" > "$OUTPUT_PIPE"; echo out; echo e
 TIMEOUT = 30.0
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
 def zombies() -> int:
-    """Children of this process that have exited and are not reaped (the guardian is alive)."""
+    """Children of this process that have exited and are not reaped yet."""
+    children: set[str] = set()
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as f:
+            children.update(f.read().split())
     count = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid in children:
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:  # gone meanwhile
+            with open(f"/proc/{pid}/stat") as f:
+                count += f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except OSError:  # reaped meanwhile
             continue
-        if int(fields[1]) == os.getpid() and fields[0] == "Z":
-            count += 1
     return count
 
 
@@ -61,9 +55,9 @@ def snapshot(work_dir: Path) -> dict[str, int]:
     gc.collect()
     return {
         "zombies": zombies(),
-        "fds": len(os.listdir("/proc/self/fd")),
+        "fds": fds(),
         "dirs": len(list(work_dir.iterdir())),
-        "rss_kib": rss_bytes() // 1024,
+        "rss_kib": rss_kib(),
         "objects": len(gc.get_objects()),
     }
 

@@ -39,6 +39,7 @@ from oracles import JSON_VALUES, MSGPACK_VALUES, Job, Point, Reading
 from corral import (
     Cmd,
     CmdOptions,
+    IncompleteMessageError,
     LoggingType,
     LostMessagesError,
     ManagerAbortedError,
@@ -452,7 +453,8 @@ async def test_one_huge_message_round_trip(
     else:  # ASCII letters: the Python child's surrogate escapes are slow on random bytes
         letters = bytes(range(ord("a"), ord("a") + 16)) * 16
         data = rng.randbytes(size).translate(letters)
-    proc = await manager.spawn_with_handle(echo_child(kind, options(message_input, message_output)))
+    opts = options(message_input, message_output, max_message_bytes=64 * MiB)
+    proc = await manager.spawn_with_handle(echo_child(kind, opts))
     stream = await proc.subscribe_message_stream()
     sender = asyncio.create_task(proc.send_message(data))
     received = await next_item(stream.raw(), timeout=30)
@@ -898,7 +900,8 @@ async def test_a_child_writing_a_50_mb_line(
 ) -> None:
     size = 50 * MiB
     code = CHANNELS + f"out.write(b'a' * {size} + b'\\nafter\\n')\nout.flush()\n"
-    pid = await manager.spawn(python_cmd(code, options=options(None, output)))
+    opts = options(None, output, max_message_bytes=64 * MiB)
+    pid = await manager.spawn(python_cmd(code, options=opts))
     stream = await manager.subscribe_message_stream(pid)
     huge = await next_item(stream.raw(), timeout=30)
     assert len(huge) == size
@@ -930,12 +933,17 @@ for i in $(seq 1 50); do echo "$i" >"$OUTPUT_PIPE"; done
 
 
 @pytest.mark.parametrize("output", [STDIO, PIPE], ids=["stdio", "pipe"])
-async def test_a_child_dying_mid_message_delivers_the_partial_line(
+async def test_a_child_dying_mid_message_reports_the_cut_off_line(
     manager: ProcessManagerHandle, output: MessagingType
 ) -> None:
     pid = await manager.spawn(writer_child(b"complete\nhalf a mess", output, die=True))
     stream = await manager.subscribe_message_stream(pid)
-    assert await collect(stream.strings()) == ["complete", "half a mess"]
+    got = await outcomes(stream.strings(), IncompleteMessageError)
+    assert got[0] == "complete"
+    assert isinstance(got[1], IncompleteMessageError)
+    assert got[1].data == b"half a mess"
+    assert got[1].process_id == pid
+    assert len(got) == 2
     info = await manager.wait(pid, TIMEOUT)
     assert info.exit_status is not None
     assert info.exit_status.signal == signal.SIGKILL

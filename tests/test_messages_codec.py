@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import binascii
 import math
 from typing import Any
 
 import msgspec
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from oracles import JSON_VALUES, MSGPACK_VALUES, Job, Point, Reading
 
+from corral import child
 from corral._errors import SerdeError
 from corral._messages import Message, MessageFormat, as_format, encode_outgoing
 
@@ -239,3 +241,135 @@ def test_encode_outgoing_is_one_line(data: bytes) -> None:
         assert wire.endswith(b"\n")
         assert wire.count(b"\n") == 1
         assert wire[:-1] == body
+
+
+# --- values nested too deeply ----------------------------------------------------------------
+
+#: How one level of nesting opens, per format (the MessagePack ones before text encoding): an
+#: array, or a map holding the rest under key "a".
+OPENERS = {
+    MessageFormat.JSON: (b"[", b'{"a":'),
+    MessageFormat.MESSAGE_PACK_BASE64: (b"\x91", b"\x81\xa1a"),
+    MessageFormat.MESSAGE_PACK_HEX: (b"\x91", b"\x81\xa1a"),
+}
+CLOSERS = {b"[": b"]", b'{"a":': b"}"}
+
+
+def deep_message(fmt: MessageFormat, opener: int, depth: int, closed: bool) -> Message:
+    """A message holding a value nested ``depth`` levels deep (unfinished unless ``closed``)."""
+    start = OPENERS[fmt][opener]
+    if fmt is MessageFormat.JSON:
+        end = CLOSERS[start] * depth if closed else b""
+        return Message(start * depth + b"0" + end)
+    packed = start * depth + b"\xc0"
+    if fmt is MessageFormat.MESSAGE_PACK_HEX:
+        return Message(packed.hex().encode())
+    return Message(binascii.b2a_base64(packed, newline=False))
+
+
+def nested(depth: int, kind: str) -> object:
+    value: object = 0
+    for _ in range(depth):
+        value = [value] if kind == "list" else {"a": value}
+    return value
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    fmt=st.sampled_from(ALL_FORMATS),
+    opener=st.sampled_from([0, 1]),
+    depth=st.integers(min_value=5_000, max_value=100_000),
+    closed=st.booleans(),
+    type=st.sampled_from([object, Any, list[Any], dict[str, Any]]),
+)
+def test_a_value_nested_too_deeply_to_decode_is_a_serde_error(
+    fmt: MessageFormat, opener: int, depth: int, closed: bool, type: Any
+) -> None:
+    message = deep_message(fmt, opener, depth, closed)
+    with pytest.raises(SerdeError, match=r"nested too deeply|does not match"):
+        message.deserialize(fmt, type)
+    # The decoder is still fine for the next message.
+    assert Message.from_serializable([1], fmt).deserialize(fmt, type=list[int]) == [1]
+
+
+@example(fmt=MessageFormat.JSON, kind="list", depth=100_000)
+@settings(max_examples=15, deadline=None)
+@given(
+    fmt=st.sampled_from(ALL_FORMATS),
+    kind=st.sampled_from(["list", "dict"]),
+    depth=st.integers(min_value=5_000, max_value=100_000),
+)
+def test_a_value_nested_too_deeply_to_encode_is_a_serde_error(
+    fmt: MessageFormat, kind: str, depth: int
+) -> None:
+    with pytest.raises(SerdeError, match="nested too deeply"):
+        Message.from_serializable(nested(depth, kind), fmt)
+
+
+def test_the_child_codec_refuses_deep_values_with_value_error() -> None:
+    deep = nested(100_000, "list")
+    for fmt in ALL_FORMATS:
+        with pytest.raises(ValueError, match="nested too deeply"):
+            child._encode(deep, fmt.value)
+        for opener in (0, 1):
+            line = deep_message(fmt, opener, 100_000, closed=True).to_bytes()
+            with pytest.raises(ValueError, match="nested too deeply"):
+                child._decode(line, fmt.value)
+
+
+# --- floats that are not finite ------------------------------------------------------------------
+
+NON_FINITE = st.sampled_from([math.nan, math.inf, -math.inf, -math.nan])
+# Values that may hold NaN or infinities anywhere, also inside typed values.
+MAYBE_NON_FINITE = st.recursive(
+    st.none() | st.booleans() | st.integers(-100, 100) | st.floats() | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=3), inner, max_size=4)
+        | st.builds(Reading, sensor=st.text(max_size=3), value=st.floats())
+    ),
+    max_leaves=12,
+)
+
+
+def has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, Reading):
+        return has_non_finite(value.value)
+    if isinstance(value, dict):
+        return any(map(has_non_finite, value.values()))
+    if isinstance(value, list):
+        return any(map(has_non_finite, value))
+    return False
+
+
+@example(value=[None, "null", math.nan])
+@example(value={"null": Reading("s", -math.inf)})
+@settings(max_examples=200, deadline=None)
+@given(value=MAYBE_NON_FINITE)
+def test_json_refuses_nan_and_infinities_instead_of_writing_null(value: Any) -> None:
+    builtins_value = msgspec.to_builtins(value)
+    if has_non_finite(value):
+        with pytest.raises(SerdeError, match="JSON cannot hold"):
+            Message.from_serializable(value, MessageFormat.JSON)
+        with pytest.raises(ValueError, match="not JSON compliant"):
+            child._encode(builtins_value, "json")
+    else:  # nothing is changed: what comes back is what went in
+        decoded = Message.from_serializable(value, MessageFormat.JSON).deserialize("json")
+        assert decoded == builtins_value
+        assert child._decode(child._encode(builtins_value, "json"), "json") == builtins_value
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    value=MAYBE_NON_FINITE,
+    fmt=st.sampled_from([MessageFormat.MESSAGE_PACK_BASE64, MessageFormat.MESSAGE_PACK_HEX]),
+)
+def test_msgpack_carries_nan_and_infinities_exactly(value: Any, fmt: MessageFormat) -> None:
+    builtins_value = msgspec.to_builtins(value)
+    decoded = Message.from_serializable(value, fmt).deserialize(fmt)
+    assert _same(decoded, builtins_value)
+    assert _same(child._decode(child._encode(builtins_value, fmt.value), fmt.value), decoded)
+    for number in (math.nan, math.inf, -math.inf):
+        assert _same(Message.from_serializable(number, fmt).deserialize(fmt, float), number)

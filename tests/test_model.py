@@ -441,6 +441,7 @@ BAD_VALUES: dict[str, tuple[Any, list[Any]]] = {
         ["stdout_only", 2, MessagingType.STANDARD_IO],
     ),
     "output_buffer_capacity": (1, [0, -1, True, False, 1.5, "16", None, 2**62, 2**20 + 1]),
+    "max_message_bytes": (1024, [0, -1, True, False, 1.5, "16", None]),
     "restart_policy": (RestartPolicy.on_failure(), ["always", None, 3, RestartMode.ALWAYS]),
     "rlimits": (
         {resource.RLIMIT_NOFILE: (64, 128)},

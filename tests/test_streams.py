@@ -30,18 +30,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corral._errors import (
+    IncompleteMessageError,
     LostMessagesError,
+    MessageTooLongError,
     ReceiveDeserializedMessageError,
+    ReceiveMessageError,
     WriteMessageError,
 )
 from corral._messages import Message, MessageFormat, encode_outgoing
-from corral._model import ProcessId
+from corral._model import ExitStatus, ProcessId
 from corral._streams import (
     Broadcast,
     LineFramer,
     MessageReader,
     MessageStream,
     MessageWriter,
+    SkippedLine,
     make_fifo,
     open_fifo_parent_end,
     set_pipe_size,
@@ -106,6 +110,7 @@ class Spawner:
         broadcast: Broadcast | None = None,
         message_input: bool = True,
         process_id: ProcessId | None = None,
+        max_message_bytes: int | None = None,
         **kwargs: Any,
     ) -> Child:
         """Start ``argv``: messages over stdio pipes, or FIFOs with ``fifo=True``; ``kwargs`` go
@@ -137,7 +142,14 @@ class Spawner:
         finally:
             for fd in child_fds:
                 os.close(fd)
-        reader = MessageReader(out_fd, broadcast)
+
+        def exit_status() -> ExitStatus | None:
+            code = proc.returncode
+            return None if code is None else ExitStatus.from_returncode(code)
+
+        reader = MessageReader(
+            out_fd, broadcast, max_message_bytes=max_message_bytes, exit_status=exit_status
+        )
         writer = MessageWriter(in_fd, process_id=process_id) if in_fd >= 0 else None
         child = Child(proc, broadcast, reader, writer)
         self.children.append(child)
@@ -306,6 +318,40 @@ def test_reader_property_lossless_get_everything_lossy_lose_exactly_what_they_ar
                 assert all(line in remaining for line in got)  # an in-order part of them
 
     asyncio.run(run())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"")), max_size=20),
+    tail=st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"")),
+    cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=30),
+    limit=st.integers(min_value=1, max_value=32),
+)
+def test_framing_property_with_a_limit(
+    lines: list[bytes], tail: bytes, cuts: list[int], limit: int
+) -> None:
+    """Lines over the limit come out as SkippedLine with their exact size, in their place,
+    whatever the cuts; no more than the limit is ever held."""
+    stream = b"".join(line + b"\n" for line in lines) + tail
+    bounds = sorted({0, len(stream), *(c % (len(stream) + 1) for c in cuts)})
+    framer = LineFramer(max_line=limit)
+
+    def seen(item: bytes | SkippedLine | None) -> object:
+        if isinstance(item, SkippedLine):
+            assert item.limit == limit
+            return ("skipped", item.size)
+        return item
+
+    def expected(line: bytes) -> object:
+        return line if len(line) <= limit else ("skipped", len(line))
+
+    out: list[object] = []
+    for start, end in itertools.pairwise(bounds):
+        out.extend(map(seen, framer.feed(stream[start:end])))
+        assert framer.pending_size <= limit
+    assert out == [expected(line) for line in lines]
+    assert framer.skipped == sum(len(line) > limit for line in lines)
+    assert seen(framer.finish()) == (expected(tail) if tail else None)
 
 
 def test_framer_huge_line_is_linear() -> None:
@@ -1094,6 +1140,33 @@ async def test_garbage_from_the_child_fails_per_item(spawn: Spawn) -> None:
     assert all(item.process_id == process_id for item in bad)
 
 
+#: Values nested 100,000 deep (JSON, then MessagePack in base64), then a good message.
+DEEP_PY = """\
+import base64, sys
+out = sys.stdout.buffer
+out.write(b"[" * 100_000 + b"\\n")
+out.write(base64.b64encode(b"\\x91" * 100_000 + b"\\xc0") + b"\\n")
+out.write(b'{"ok": 1}\\n')
+"""
+
+
+@pytest.mark.parametrize("fmt", [MessageFormat.JSON, MessageFormat.MESSAGE_PACK_BASE64])
+async def test_a_deeply_nested_message_fails_its_item_and_the_stream_goes_on(
+    spawn: Spawn, fmt: MessageFormat
+) -> None:
+    broadcast = Broadcast(16)
+    items = broadcast.subscribe().decoded(fmt)
+    await spawn([sys.executable, "-c", DEEP_PY], broadcast=broadcast, message_input=False)
+    got = await outcomes(items, ReceiveDeserializedMessageError)
+    assert len(got) == 3
+    deep = 0 if fmt is MessageFormat.JSON else 1
+    assert isinstance(got[deep], ReceiveDeserializedMessageError)
+    assert "nested too deeply" in str(got[deep])
+    assert isinstance(got[1 - deep], ReceiveDeserializedMessageError)  # the other format's
+    if fmt is MessageFormat.JSON:
+        assert got[2] == {"ok": 1}
+
+
 #: Write a whole line and half of another, then die by SIGKILL.
 DIE_MID_MESSAGE_PY = """\
 import os, sys
@@ -1105,13 +1178,98 @@ os.kill(os.getpid(), 9)
 
 
 @pytest.mark.parametrize("fifo", [False, True], ids=["stdio", "fifo"])
-async def test_a_child_dying_mid_message_delivers_the_partial_line(
-    spawn: Spawn, fifo: bool
-) -> None:
-    child = await spawn([sys.executable, "-c", DIE_MID_MESSAGE_PY], fifo=fifo)
+async def test_a_child_dying_mid_message_reports_the_cut_off_line(spawn: Spawn, fifo: bool) -> None:
+    process_id = ProcessId.new()
+    child = await spawn(
+        [sys.executable, "-c", DIE_MID_MESSAGE_PY], fifo=fifo, process_id=process_id
+    )
     stream = child.broadcast.subscribe()
+    reading = asyncio.ensure_future(outcomes(stream, ReceiveMessageError))
     assert await child.exited() == -9
-    assert texts(await collect(stream)) == ["whole", "partial"]
+    got = await reading
+    assert got[0] == msg("whole")
+    assert isinstance(got[1], IncompleteMessageError)
+    assert (got[1].data, got[1].process_id) == (b"partial", process_id)
+    assert len(got) == 2
+
+
+#: Write a whole line and half of another, then exit normally.
+EXIT_MID_MESSAGE_PY = DIE_MID_MESSAGE_PY.replace("os.kill(os.getpid(), 9)", "sys.exit(3)")
+
+
+@pytest.mark.parametrize("fifo", [False, True], ids=["stdio", "fifo"])
+async def test_a_child_exiting_mid_message_delivers_the_last_line(spawn: Spawn, fifo: bool) -> None:
+    child = await spawn([sys.executable, "-c", EXIT_MID_MESSAGE_PY], fifo=fifo)
+    stream = child.broadcast.subscribe()
+    reading = asyncio.ensure_future(collect(stream))
+    assert await child.exited() == 3
+    assert texts(await reading) == ["whole", "partial"]
+
+
+#: Lines around a limit of 100 bytes: one at it, one over it by far (never held whole), a last
+#: one over it without a newline.
+OVER_LIMIT_PY = """\
+import os, sys
+out = open(os.environ["OUTPUT_PIPE"], "wb") if os.environ.get("OUTPUT_PIPE") else sys.stdout.buffer
+out.write(b"first\\n" + b"a" * 100 + b"\\n")
+for _ in range(64):
+    out.write(b"b" * 65536)
+    out.flush()
+out.write(b"\\nafter\\n" + b"c" * 101)
+"""
+LIMIT = 100
+
+
+@pytest.mark.parametrize("fifo", [False, True], ids=["stdio", "fifo"])
+async def test_a_line_over_max_message_bytes_is_skipped_counted_and_never_held(
+    spawn: Spawn, fifo: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = 0
+    feed = LineFramer.feed
+
+    def watched(self: LineFramer, chunk: bytes) -> list[bytes | SkippedLine]:
+        nonlocal held
+        lines = feed(self, chunk)
+        held = max(held, self.pending_size)
+        return lines
+
+    monkeypatch.setattr(LineFramer, "feed", watched)
+    process_id = ProcessId.new()
+    child = await spawn(
+        [sys.executable, "-c", OVER_LIMIT_PY],
+        fifo=fifo,
+        process_id=process_id,
+        max_message_bytes=LIMIT,
+    )
+    streams = [child.broadcast.subscribe(), child.broadcast.subscribe().raw()]
+    batches = child.broadcast.subscribe().batches()
+    readings = [asyncio.ensure_future(outcomes(s, ReceiveMessageError)) for s in streams]
+    reading_batches = asyncio.ensure_future(outcomes(batches, ReceiveMessageError))
+    assert await child.exited() == 0
+    messages, raw = await asyncio.gather(*readings)
+
+    def same(item: object) -> object:
+        if isinstance(item, MessageTooLongError):
+            return (item.size, item.limit)
+        return item.to_bytes() if isinstance(item, Message) else item
+
+    assert list(map(same, messages)) == list(map(same, raw))
+    assert len(raw) == 5
+    assert raw[0:2] == [b"first", b"a" * LIMIT]
+    assert raw[3] == b"after"
+    for error, size in ((raw[2], 64 * 65536), (raw[4], LIMIT + 1)):
+        assert isinstance(error, MessageTooLongError)
+        assert (error.size, error.limit, error.process_id) == (size, LIMIT, process_id)
+        assert str(size) in str(error)
+        assert str(process_id) in str(error)
+    # Never more than the limit held, whatever the pipe's chunks (one read is at most 64 KiB).
+    assert held <= LIMIT
+    # Batches stop before a skipped line, which comes alone as the error.
+    batched = await reading_batches
+    flat = [m.to_bytes() for item in batched if isinstance(item, list) for m in item]
+    assert flat == [raw[0], raw[1], raw[3]]
+    errors = [item for item in batched if not isinstance(item, list)]
+    assert [e.size for e in errors] == [64 * 65536, LIMIT + 1]
 
 
 #: Reopen OUTPUT_PIPE for every message; wait for a line on stdin before the last batch.

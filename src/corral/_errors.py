@@ -29,10 +29,12 @@ __all__ = [
     "CorralError",
     "GetLogsError",
     "GetProcessInfoError",
+    "IncompleteMessageError",
     "KillProcessError",
     "LoggingNotConfiguredError",
     "LostMessagesError",
     "ManagerAbortedError",
+    "MessageTooLongError",
     "MessagingNotConfiguredError",
     "ProcessNotFoundError",
     "ReadMessageError",
@@ -108,6 +110,10 @@ class ReceiveMessageError(CorralError):
     """Reading the next item from a ``MessageStream`` failed."""
 
 
+def _from(process_id: ProcessId | None) -> str:
+    return f" from process {process_id}" if process_id is not None else ""
+
+
 class LostMessagesError(ReceiveMessageError):
     """The subscriber fell behind by more than the buffer capacity; ``count`` messages were dropped.
 
@@ -117,11 +123,51 @@ class LostMessagesError(ReceiveMessageError):
     count: int
 
     def __init__(self, count: int, *, process_id: ProcessId | None = None) -> None:
-        who = f" from process {process_id}" if process_id is not None else ""
         super().__init__(
-            f"subscriber lagged behind and lost {count} message(s){who}", process_id=process_id
+            f"subscriber lagged behind and lost {count} message(s){_from(process_id)}",
+            process_id=process_id,
         )
         self.count = count
+
+
+class MessageTooLongError(ReceiveMessageError):
+    """A line of the child's output was longer than ``max_message_bytes``, and was skipped.
+
+    ``size`` is its length in bytes (without the newline), counted as it was skipped, never
+    held whole; ``limit`` is the process's ``max_message_bytes``. The stream goes on with the
+    next message.
+    """
+
+    size: int
+    limit: int
+
+    def __init__(self, size: int, limit: int, *, process_id: ProcessId | None = None) -> None:
+        super().__init__(
+            f"a message of {size} bytes{_from(process_id)} is longer than "
+            f"max_message_bytes={limit}: skipped",
+            process_id=process_id,
+        )
+        self.size = size
+        self.limit = limit
+
+
+class IncompleteMessageError(ReceiveMessageError):
+    """The child was killed by a signal in the middle of a line, which is not a message.
+
+    ``data`` holds the bytes of that last, unterminated line; the stream goes on (to its end, or
+    to the next run's messages after a restart). A child that exits normally has its last line
+    delivered as a message even without a newline.
+    """
+
+    data: bytes
+
+    def __init__(self, data: bytes, *, process_id: ProcessId | None = None) -> None:
+        super().__init__(
+            f"the last line{_from(process_id)} was cut off ({len(data)} bytes, no newline): "
+            f"the process was killed while writing it",
+            process_id=process_id,
+        )
+        self.data = data
 
 
 class ReceiveDeserializedMessageError(CorralError):

@@ -20,6 +20,7 @@ import asyncio
 import ctypes
 import errno
 import os
+import stat
 import sys
 import threading
 from array import array
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NoReturn, Protocol, cast
 
-__all__ = ["LogFile", "LogsQuery", "follow_lines", "split_lines"]
+__all__ = ["LogFile", "LogsQuery", "follow_lines", "open_log", "split_lines"]
 
 _NL = b"\n"
 
@@ -54,6 +55,42 @@ def split_lines(data: bytes | bytearray) -> list[str]:
     if lines[-1] == "":
         lines.pop()
     return lines
+
+
+_FILE_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFDIR: "a directory",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def open_log(path: str | os.PathLike[str]) -> int:
+    """Open a log file for reading, as a regular file only; never blocks, never follows a link.
+
+    The child owns its process dir and may replace its log with anything. A FIFO opened
+    without ``O_NONBLOCK`` would block until a writer comes (forever, a thread or the whole
+    event loop with it), a symbolic link would make corral read a file of the link's choosing:
+    both, and any other file that is not a regular file, raise ``OSError`` here.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # what O_NOFOLLOW reports for a link
+            message = "log file is a symbolic link, not followed"
+            raise OSError(exc.errno, message, str(path)) from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = _FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+            code = errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL  # IsADirectoryError
+            raise OSError(code, f"log file is {kind}, not a regular file", str(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 # --- queries ----------------------------------------------------------------------------------
@@ -280,8 +317,9 @@ class LogFile:
 
     A query sees the file as it is at that moment: a running process may be mid-line, and the
     partial last line is returned as it is. If the file is replaced or shrinks (someone
-    truncated it), the index is dropped and rebuilt rather than trusted. A file that is gone or
-    unreadable raises ``OSError``.
+    truncated it), the index is dropped and rebuilt rather than trusted. A file that is gone,
+    unreadable, or no longer a regular file (a FIFO, a symbolic link: see :func:`open_log`)
+    raises ``OSError``.
 
     ``bytes_read`` counts every byte this object has read from disk (for tests and benchmarks).
     """
@@ -362,7 +400,7 @@ class LogFile:
         return data
 
     def _query_once(self, q: LogsQuery) -> list[str]:
-        with open(self.path, "rb", buffering=0) as f:
+        with open(open_log(self.path), "rb", buffering=0) as f:
             fd = f.fileno()
             st = os.fstat(fd)
             if q.anchor == "end":
@@ -682,6 +720,12 @@ def _make_watcher(
         return _PollWatcher(loop)
 
 
+def _fd_path(fd: int, path: str | os.PathLike[str]) -> Path:
+    """A path to the file open as ``fd`` itself (``/proc/self/fd/N``), else ``path``."""
+    link = Path(f"/proc/self/fd/{fd}")
+    return link if link.exists() else Path(path)
+
+
 async def _await(exited: Callable[[], Awaitable[object]]) -> object:
     return await exited()
 
@@ -712,17 +756,20 @@ async def follow_lines(
     Each read takes at most ``chunk_size`` bytes, and the loop gets a turn between reads, so a
     fast writer cannot starve other tasks. The file and the inotify fd are closed when the
     iteration ends, is closed early (``aclose()``) or is cancelled. Raises ``OSError`` if the
-    file cannot be opened. If the file shrinks (truncated), it is followed again from its start.
+    file cannot be opened or is not a regular file (see :func:`open_log`); once open, the file
+    followed is the one opened, even if its name is given to another. If the file shrinks
+    (truncated), it is followed again from its start.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     loop = asyncio.get_running_loop()
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = open_log(path)
     watcher: _Watcher | None = None
     exit_task: asyncio.Task[object] | None = None
     try:
-        # Watch before the first read: a write after that read is then always reported.
-        watcher = _make_watcher(Path(path), watch, loop)
+        # Watch before the first read: a write after that read is then always reported. The
+        # watch is set through the fd, on the file opened, not on whatever has the name now.
+        watcher = _make_watcher(_fd_path(fd, path), watch, loop)
         exit_task = loop.create_task(_await(exited))
         pending = bytearray()
         while True:

@@ -18,6 +18,7 @@ import binascii
 import builtins
 import enum
 import functools
+import math
 from collections.abc import Callable
 from typing import Any, Final, TypeVar, final, overload
 
@@ -136,17 +137,33 @@ class Message:
         >>> Message.from_serializable([1, "a"], MessageFormat.MESSAGE_PACK_HEX).to_string()
         '9201a161'
 
-        Raises :class:`SerdeError` if ``obj`` (or something inside it) cannot be serialized.
+        Raises :class:`SerdeError` if ``obj`` (or something inside it) cannot be serialized,
+        and for a value nested too deeply to encode. JSON has no way to write NaN or an
+        infinity: a float that is not finite raises :class:`SerdeError` in JSON, rather than
+        come out as ``null``; the MessagePack formats carry it exactly.
+
+        >>> Message.from_serializable({"x": float("nan")}, "json")
+        Traceback (most recent call last):
+        ...
+        corral._errors.SerdeError: cannot serialize dict as json: JSON cannot hold nan ...
         """
         fmt = as_format(fmt)
         try:
             if fmt is MessageFormat.JSON:
-                return cls(_JSON_ENCODER.encode(obj))
+                data = _JSON_ENCODER.encode(obj)
+                # msgspec writes NaN and infinities as null: the only place one can hide.
+                if b"null" in data:
+                    _check_finite(obj)
+                return cls(data)
             packed = _MSGPACK_ENCODER.encode(obj)
         except (msgspec.EncodeError, TypeError, ValueError, OverflowError) as exc:
             raise SerdeError(
                 f"cannot serialize {type(obj).__qualname__} as {fmt.value}: {exc}"
             ) from exc
+        except RecursionError:
+            raise SerdeError(
+                f"cannot serialize {type(obj).__qualname__} as {fmt.value}: nested too deeply"
+            ) from None
         if fmt is MessageFormat.MESSAGE_PACK_BASE64:
             return cls(binascii.b2a_base64(packed, newline=False))
         return cls(binascii.b2a_hex(packed))
@@ -204,6 +221,11 @@ class Message:
             raise SerdeError(f"message does not match {_type_name(type)}: {exc}") from exc
         except msgspec.DecodeError as exc:
             raise SerdeError(f"message is not valid {fmt.value}: {exc}") from exc
+        except RecursionError:  # no traceback chain: it would be as deep as the value
+            raise SerdeError(
+                f"message cannot be decoded from {fmt.value}: nested too deeply "
+                f"({len(self._data)} bytes)"
+            ) from None
 
     def __bytes__(self) -> bytes:
         return self._data
@@ -223,6 +245,24 @@ class Message:
         if len(self._data) > 80:
             return f"Message({self._data[:60]!r}... ({len(self._data)} bytes))"
         return f"Message({self._data!r})"
+
+
+def _check_finite(obj: object) -> None:
+    """Raise ``ValueError`` if a float that is not finite is a value somewhere in ``obj``.
+
+    Walks the builtins msgspec makes of ``obj`` (dataclasses, structs... become dicts and
+    lists; floats stay floats) with a stack, so depth costs no recursion.
+    """
+    stack = [msgspec.to_builtins(obj)]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValueError(f"JSON cannot hold {item!r} (it would be written as null)")
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
 
 
 def encode_outgoing(message: Message | str | bytes | bytearray | memoryview) -> bytes:

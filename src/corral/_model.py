@@ -489,6 +489,12 @@ _RLIMIT_NAMES: dict[int, str] = (
 )
 
 
+def _validate_max_message_bytes(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise CmdOptionsError(f"max_message_bytes must be an int > 0 (bytes), not {value!r}")
+    return value
+
+
 _VALIDATORS: dict[str, Any] = {
     "current_dir": _validate_current_dir,
     "clear_envs": lambda v: _validate_bool(v, "clear_envs"),
@@ -498,6 +504,7 @@ _VALIDATORS: dict[str, Any] = {
     "message_output": lambda v: _validate_enum(v, MessagingType, "message_output"),
     "logging_type": lambda v: _validate_enum(v, LoggingType, "logging_type"),
     "output_buffer_capacity": _validate_capacity,
+    "max_message_bytes": _validate_max_message_bytes,
     "restart_policy": _validate_policy,
     "rlimits": _validate_rlimits,
     "umask": _validate_umask,
@@ -539,6 +546,9 @@ class CmdOptions:
     #: How many output messages are buffered for subscribers: 1 to 1,048,576 (the buffer is
     #: allocated when the process starts, 8 bytes per message slot).
     output_buffer_capacity: int = 16
+    #: The longest output message, in bytes without the newline (> 0). A longer line is never
+    #: held whole: it is skipped, and its subscribers get MessageTooLongError in its place.
+    max_message_bytes: int = 16 * 1024 * 1024
     #: Whether and how the process is restarted after it ends by itself.
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
     #: Resource limits set in the child before it runs: ``{resource.RLIMIT_AS: (soft, hard)}``,

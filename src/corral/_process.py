@@ -70,7 +70,12 @@ class _Run:
         if child.message_in is not None:
             self.writer = MessageWriter(child.message_in, process_id=process_id, loop=exits.loop)
         if child.message_out is not None and broadcast is not None:
-            self.reader = MessageReader(child.message_out, broadcast)
+            self.reader = MessageReader(
+                child.message_out,
+                broadcast,
+                max_message_bytes=child.cmd.options.max_message_bytes,
+                exit_status=lambda: self.exit_status,
+            )
         #: The group's entry with the guardian (None once forgotten, or without a guardian).
         self._guard = guardian.register_group(self.pid, guard_dir)
         #: Nothing is left of the group, or its id is no longer ours: never signal it again.

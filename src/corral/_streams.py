@@ -47,13 +47,16 @@ from pathlib import Path
 from typing import Any, Final, Self, TypeVar, cast, overload
 
 from ._errors import (
+    IncompleteMessageError,
     LostMessagesError,
+    MessageTooLongError,
     ReceiveDeserializedMessageError,
+    ReceiveMessageError,
     SerdeError,
     WriteMessageError,
 )
 from ._messages import Message, MessageFormat, as_format
-from ._model import ProcessId
+from ._model import ExitStatus, ProcessId
 
 __all__ = [
     "DEFAULT_PIPE_SIZE",
@@ -64,6 +67,7 @@ __all__ = [
     "MessageReader",
     "MessageStream",
     "MessageWriter",
+    "SkippedLine",
     "make_fifo",
     "open_fifo_parent_end",
     "set_pipe_size",
@@ -138,54 +142,132 @@ def open_fifo_parent_end(path: str | os.PathLike[str]) -> int:
 # --- framing ------------------------------------------------------------------------------------
 
 
+class SkippedLine:
+    """Stands for a line that is not delivered as a message, in the framer's output and in the
+    broadcast buffer; a subscriber gets :meth:`error` in its place.
+
+    Either a line longer than ``limit`` bytes (``data`` is ``None``: its bytes were dropped as
+    they came, only ``size`` was counted), or the last line of a child killed while writing it
+    (``data`` holds it, ``limit`` is ``None``).
+    """
+
+    __slots__ = ("data", "limit", "size")
+
+    def __init__(self, size: int, limit: int | None = None, data: bytes | None = None) -> None:
+        self.size = size
+        self.limit = limit
+        self.data = data
+
+    def error(self, process_id: ProcessId | None) -> ReceiveMessageError:
+        """The error a subscriber gets for this line."""
+        if self.limit is None:
+            return IncompleteMessageError(self.data or b"", process_id=process_id)
+        return MessageTooLongError(self.size, self.limit, process_id=process_id)
+
+    def __repr__(self) -> str:
+        return f"SkippedLine(size={self.size}, limit={self.limit})"
+
+
+#: For the streams' check of each item: SkippedLine passes through the buffer as a Message.
+_SKIPPED: Final[type] = SkippedLine
+
+
 class LineFramer:
     """Cuts a byte stream into ``\\n``-terminated lines, whatever the chunk boundaries.
 
     Lines come out whole and once, without their ``\\n``. A line longer than any chunk is kept
     as a list of pieces and joined once when its end arrives, so its cost stays linear.
 
-    >>> framer = LineFramer()
+    A line longer than ``max_line`` bytes (``None``: no limit) is never held whole: once it is
+    known to be too long, its pieces are dropped and its further bytes only counted, and a
+    :class:`SkippedLine` with its size takes its place in the output. So the framer holds at
+    most ``max_line`` bytes plus one chunk.
+
+    >>> framer = LineFramer(max_line=4)
     >>> framer.feed(b"one\\ntw")
     [b'one']
-    >>> framer.feed(b"o\\nthree")
-    [b'two']
+    >>> framer.feed(b"o\\nthree\\nfour")
+    [b'two', SkippedLine(size=5, limit=4)]
     >>> framer.finish()
-    b'three'
+    b'four'
     """
 
-    __slots__ = ("_pieces",)
+    __slots__ = ("_limit", "_pieces", "_size", "_skipping", "skipped")
 
-    def __init__(self) -> None:
+    def __init__(self, max_line: int | None = None) -> None:
         self._pieces: list[bytes] = []
+        self._size = 0  # bytes of the unfinished line: held in _pieces, or counted if skipping
+        self._limit = max_line
+        self._skipping = False
+        #: How many lines were skipped as too long so far.
+        self.skipped = 0
 
-    def feed(self, chunk: bytes) -> list[bytes]:
+    def feed(self, chunk: bytes) -> list[bytes | SkippedLine]:
         """The lines completed by ``chunk`` (possibly none)."""
-        lines = chunk.split(b"\n")
-        if len(lines) == 1:
+        if self._skipping:
+            end = chunk.find(b"\n")
+            if end < 0:
+                self._size += len(chunk)
+                return []
+            skipped = self._skip(self._size + end)
+            self._skipping = False
+            self._size = 0
+            return [skipped, *self.feed(chunk[end + 1 :])]
+        split = chunk.split(b"\n")
+        if len(split) == 1:
             if chunk:
-                self._pieces.append(chunk)
+                self._hold(chunk)
             return []
-        tail = lines.pop()
+        tail = split.pop()
+        # Skipped lines take the place of theirs in the same list: no copy on the hot path.
+        lines = cast("list[bytes | SkippedLine]", split)
+        limit = self._limit
         if self._pieces:
-            self._pieces.append(lines[0])
-            lines[0] = b"".join(self._pieces)
+            first = split[0]
+            if limit is not None and self._size + len(first) > limit:
+                lines[0] = self._skip(self._size + len(first))
+            else:
+                self._pieces.append(first)
+                lines[0] = b"".join(self._pieces)
             self._pieces = []
+            self._size = 0
+        if limit is not None and len(chunk) > limit:  # else no line in it can be too long
+            for i, line in enumerate(lines):
+                if isinstance(line, bytes) and len(line) > limit:
+                    lines[i] = self._skip(len(line))
         if tail:
-            self._pieces.append(tail)
+            self._hold(tail)
         return lines
 
-    def finish(self) -> bytes | None:
+    def finish(self) -> bytes | SkippedLine | None:
         """At end of stream: the last line if it had no ``\\n`` (``None`` if there is none)."""
+        if self._skipping:
+            self._skipping = False
+            size, self._size = self._size, 0
+            return self._skip(size)
         if not self._pieces:
             return None
         line = b"".join(self._pieces)
         self._pieces = []
+        self._size = 0
         return line
 
     @property
     def pending_size(self) -> int:
-        """Bytes held of a line whose end has not arrived yet."""
-        return sum(map(len, self._pieces))
+        """Bytes held of a line whose end has not arrived yet (none of one being skipped)."""
+        return 0 if self._skipping else self._size
+
+    def _hold(self, piece: bytes) -> None:
+        self._size += len(piece)
+        if self._limit is not None and self._size > self._limit:
+            self._pieces = []  # too long: from now on only counted
+            self._skipping = True
+        else:
+            self._pieces.append(piece)
+
+    def _skip(self, size: int) -> SkippedLine:
+        self.skipped += 1
+        return SkippedLine(size, self._limit)
 
 
 # --- the broadcast buffer -----------------------------------------------------------------------
@@ -270,6 +352,8 @@ class Broadcast:
         self._read_waiters: dict[asyncio.Future[None], None] = {}
         self._room_waiters: dict[asyncio.Future[None], None] = {}
         self._pull: Callable[[], bool] | None = None
+        #: Whether a :class:`SkippedLine` was ever published here: batches then look for one.
+        self.holds_skipped = False
 
     @property
     def capacity(self) -> int:
@@ -725,7 +809,10 @@ class MessageStream(_StreamBase[Message]):
     Iteration ends when the child's output has ended and every buffered message was delivered
     (or when the process is killed). If the subscriber fell behind by more than the buffer
     capacity, the next ``__anext__`` raises :class:`~corral.LostMessagesError` (with ``.count``)
-    and the one after goes on with the oldest message still buffered.
+    and the one after goes on with the oldest message still buffered. A line that is not a
+    message raises, in its place, :class:`~corral.MessageTooLongError` (longer than the
+    process's ``max_message_bytes``) or :class:`~corral.IncompleteMessageError` (the last line
+    of a child killed while writing it); the stream goes on after it too.
 
     Adapters give other items from the same subscription (iterate only one of them):
     :meth:`strings`, :meth:`raw`, :meth:`decoded`, :meth:`batches` (lists of messages, for
@@ -752,6 +839,8 @@ class MessageStream(_StreamBase[Message]):
         message = batch.popleft()
         if cursor.lossless and cursor.broadcast._room_waiters:
             cursor.iterated_lossless()
+        if message.__class__ is _SKIPPED:
+            raise cast(SkippedLine, message).error(self.process_id)
         return message
 
     def batches(self) -> BatchStream:
@@ -831,6 +920,8 @@ class ItemStream(_StreamBase[_T]):
         if not cursor.batch:
             await cursor.fill(self._skip_lost)
         message = cursor.pop()
+        if message.__class__ is _SKIPPED:
+            raise cast(SkippedLine, message).error(self.process_id)
         try:
             return self._convert(message)
         except SerdeError as exc:
@@ -853,8 +944,22 @@ class BatchStream(_StreamBase[list[Message]]):
         batch = cursor.batch
         if not batch:
             await cursor.fill(self._skip_lost)
+        if cursor.broadcast.holds_skipped:
+            return self._until_skipped(cursor)
         messages = list(batch)
         batch.clear()
+        if cursor.lossless and cursor.broadcast._room_waiters:
+            cursor.iterated_lossless()
+        return messages
+
+    def _until_skipped(self, cursor: _Cursor) -> list[Message]:
+        """The messages before the first skipped line; the error for it if it comes first."""
+        batch = cursor.batch
+        count = next((i for i, item in enumerate(batch) if item.__class__ is _SKIPPED), len(batch))
+        if count == 0:
+            skipped = cast(SkippedLine, cursor.pop())
+            raise skipped.error(self.process_id)
+        messages = [batch.popleft() for _ in range(count)]
         if cursor.lossless and cursor.broadcast._room_waiters:
             cursor.iterated_lossless()
         return messages
@@ -886,13 +991,27 @@ class MessageReader:
     While a lossless subscriber keeps the broadcast full, the reader stops reading the fd; the
     pipe fills up and the child blocks in ``write`` until the subscriber catches up.
 
+    A line longer than ``max_message_bytes`` (``None``: no limit) is skipped as it comes, never
+    held whole, and its subscribers get :class:`~corral.MessageTooLongError` in its place. Given
+    ``exit_status`` (the run's status, ``None`` while it runs), an unterminated last line is
+    delivered only once the child has exited normally; the last line of a child killed by a
+    signal was cut off, and its subscribers get :class:`~corral.IncompleteMessageError`
+    instead. (An EOF can come before the exit is known: the line waits for
+    :meth:`child_exited`.) Without ``exit_status``, the last line is delivered at EOF.
+
     The first time a read finds the pipe full (the child writes faster than the parent wakes
     up), the pipe is raised to ``pipe_size`` bytes (``None``: never), so the child can run
     further ahead; pipes of quiet children keep the default size and cost no pipe quota.
     """
 
     def __init__(
-        self, fd: int, broadcast: Broadcast, *, pipe_size: int | None = DEFAULT_PIPE_SIZE
+        self,
+        fd: int,
+        broadcast: Broadcast,
+        *,
+        pipe_size: int | None = DEFAULT_PIPE_SIZE,
+        max_message_bytes: int | None = None,
+        exit_status: Callable[[], ExitStatus | None] | None = None,
     ) -> None:
         #: Whether the end of this output ends the broadcast too. A process that will be
         #: restarted sets it to False: the next run's reader goes on feeding the same streams.
@@ -901,7 +1020,9 @@ class MessageReader:
         self._fd = fd
         self._broadcast = broadcast
         self._grow_to = pipe_size  # None once the pipe was raised (or must not be)
-        self._framer = LineFramer()
+        self._framer = LineFramer(max_message_bytes)
+        self._exit_status = exit_status
+        self._tail: bytes | None = None  # an unterminated last line, waiting for the exit status
         self._pending: collections.deque[Message] = collections.deque()
         self._reading = False  # registered with add_reader
         self._paused = False  # waiting for room in the broadcast
@@ -937,10 +1058,13 @@ class MessageReader:
         if self._done.done() or self._exited:
             return
         self._exited = True
-        if not self._paused and not self._pending and not self._eof:
+        if self._paused or self._pending:
+            return  # _deliver() goes on with the drain once the pending messages are out
+        if self._eof:
+            self._drained()  # the last line waited for the exit status
+        else:
             self._stop_reading()
             self._schedule_read()
-        # otherwise _deliver() goes on with the drain once the pending messages are out
 
     def close(self) -> None:
         """Stop now: forget unread data, close the fd, end the broadcast's streams cleanly."""
@@ -970,9 +1094,15 @@ class MessageReader:
             # The pipe was full: the child writes faster than we wake up; give it more room.
             set_pipe_size(self._fd, self._grow_to)
             self._grow_to = None
-        lines = self._framer.feed(data)
+        framer = self._framer
+        skipped = framer.skipped
+        lines = framer.feed(data)
         if lines:
-            self._pending.extend(map(Message, lines))
+            if framer.skipped == skipped:  # the usual case: only messages
+                self._pending.extend(map(Message, cast("list[bytes]", lines)))
+            else:
+                self._broadcast.holds_skipped = True
+                self._pending.extend(map(_as_item, lines))
             self._deliver()
         elif self._exited:
             self._schedule_read()
@@ -981,9 +1111,28 @@ class MessageReader:
         self._eof = True
         self._stop_reading()
         tail = self._framer.finish()
-        if tail is not None:
-            self._pending.append(Message(tail))
+        if isinstance(tail, SkippedLine):
+            self._publish_skipped(tail)
+        else:
+            self._tail = tail  # delivered by _drained(), once it is known how the child ended
         self._deliver()
+
+    def _publish_skipped(self, line: SkippedLine) -> None:
+        self._broadcast.holds_skipped = True
+        self._pending.append(_as_item(line))
+
+    def _settle_tail(self, tail: bytes) -> bool:
+        """Queue the unterminated last line: a message, or an error if the child was killed
+        while writing it. False while the exit status is not known yet (nothing is queued)."""
+        if self._exit_status is not None:
+            status = self._exit_status()
+            if status is None:
+                return False
+            if status.signal is not None:
+                self._publish_skipped(SkippedLine(len(tail), data=tail))
+                return True
+        self._pending.append(Message(tail))
+        return True
 
     def _deliver(self) -> None:
         """Publish pending messages, then go on: read more, wait for room, or end."""
@@ -1033,7 +1182,12 @@ class MessageReader:
     def _drained(self) -> None:
         """Every message read is published: read more, or end."""
         if self._eof:
-            self._finish()
+            tail = self._tail
+            if tail is None:
+                self._finish()
+            elif self._settle_tail(tail):  # else child_exited() comes back here
+                self._tail = None
+                self._deliver()
         elif self._exited:
             self._stop_reading()
             self._schedule_read()
@@ -1083,6 +1237,11 @@ class MessageReader:
             self._broadcast.close()
         if not self._done.done():
             self._done.set_result(None)
+
+
+def _as_item(line: bytes | SkippedLine) -> Message:
+    # A SkippedLine stands in the buffer where its line would be; streams look for it.
+    return Message(line) if isinstance(line, bytes) else cast(Message, line)
 
 
 # --- writing to a child's input -----------------------------------------------------------------

@@ -276,6 +276,13 @@ def _hashable(key: Any) -> Any:
 
 
 def _encode(obj: object, fmt: str | None) -> bytes:
+    try:
+        return _encode_value(obj, fmt)
+    except RecursionError:  # json.dumps of a deep value; raised as ValueError, as documented
+        raise ValueError("value nested too deeply to encode") from None
+
+
+def _encode_value(obj: object, fmt: str | None) -> bytes:
     if fmt is None:
         if isinstance(obj, str):
             # surrogateescape gives back the exact bytes of a line read by messages()
@@ -295,6 +302,13 @@ def _encode(obj: object, fmt: str | None) -> bytes:
 
 
 def _decode(line: bytes, fmt: str | None) -> Any:
+    try:
+        return _decode_value(line, fmt)
+    except RecursionError:  # json.loads of a deep value: a bad message, not a crash
+        raise ValueError(f"message nested too deeply to decode ({len(line)} bytes)") from None
+
+
+def _decode_value(line: bytes, fmt: str | None) -> Any:
     if fmt is None:
         return line.decode("utf-8", "surrogateescape")
     if fmt == _JSON:

@@ -189,11 +189,12 @@ class ReceiveDeserializedMessageError(CorralError):
 
 
 class ProcessNotFoundError(CorralError):
-    """No process with this id: it was never spawned here, or it was killed."""
+    """No process with this id: it was never spawned here, or it was killed or released."""
 
     def __init__(self, process_id: ProcessId) -> None:
         super().__init__(
-            f"process {process_id} not found (never spawned by this manager, or already killed)",
+            f"process {process_id} not found (never spawned by this manager, or already killed "
+            f"or released)",
             process_id=process_id,
         )
 

@@ -198,7 +198,7 @@ class ProcessManagerHandle:
         NaN is refused) raises ``TimeoutError`` and leaves the process running.
         """
         request = Wait(check_process_id(process_id, Wait.error))
-        seconds = check_timeout(timeout, GetProcessInfoError)
+        seconds = check_timeout(timeout, Wait.error)
         if seconds is None:
             return await self._call(request)
         # asyncio.timeout, not wait_for: the request is posted right now, in this task, so a
@@ -292,8 +292,7 @@ class ProcessManagerHandle:
 
         >>> await handle.send_message(pid, Message.from_serializable({"job": 1}, "json"))
         """
-        if type(process_id) is not ProcessId:
-            process_id = check_process_id(process_id, WriteMessageError)
+        process_id = check_process_id(process_id, WriteMessageError)
         try:
             data = encode_outgoing(message)
         except SerdeError as exc:

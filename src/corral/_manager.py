@@ -395,17 +395,20 @@ class ProcessManager:
                 f"before releasing it",
                 process_id=process.id,
             )
-        del self._processes[process.id]
-        process.close(EventKind.RELEASED)
+        self._release_one(process)
         envelope.resolve(None)
 
     async def _auto_release(self, process: ManagedProcess) -> None:
         # Down for good; what the child wrote may still be on its way to lossless
         # subscribers: release once it is all delivered, so that nothing is lost.
         await process.output_drained()
-        if self._processes.get(process.id) is process:
-            del self._processes[process.id]
-            process.close(EventKind.RELEASED)
+        if self._processes.get(process.id) is process:  # not killed or released meanwhile
+            self._release_one(process)
+
+    def _release_one(self, process: ManagedProcess) -> None:
+        """Forget a process that is down for good and delete its dir."""
+        del self._processes[process.id]
+        process.close(EventKind.RELEASED)
 
     async def _query_log(
         self, envelope: Envelope[Any], process_id: ProcessId, log: LogFile, query: LogsQuery

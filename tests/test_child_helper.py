@@ -20,8 +20,8 @@ from test_streams import Spawn, Spawner, collect, take
 from test_streams import spawn as spawn  # the fixture
 
 from corral import _model, child
+from corral._broadcast import Broadcast
 from corral._messages import Message, MessageFormat
-from corral._streams import Broadcast
 
 ROOT = Path(__file__).resolve().parent.parent
 CHILD_PY = ROOT / "src" / "corral" / "child.py"

@@ -19,7 +19,8 @@ from corral import (
     ProcessManagerHandle,
     ReceiveMessageError,
 )
-from corral._streams import LineFramer, SkippedLine
+from corral._broadcast import SkippedLine
+from corral._pipes import LineFramer
 
 MiB = 1024 * 1024
 

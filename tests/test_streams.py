@@ -29,6 +29,7 @@ from conftest import TIMEOUT, LoopTurns, collect, fd_count, outcomes, take
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from corral._broadcast import Broadcast, MessageStream, SkippedLine
 from corral._errors import (
     IncompleteMessageError,
     LostMessagesError,
@@ -39,13 +40,10 @@ from corral._errors import (
 )
 from corral._messages import Message, MessageFormat, encode_outgoing
 from corral._model import ExitStatus, ProcessId
-from corral._streams import (
-    Broadcast,
+from corral._pipes import (
     LineFramer,
     MessageReader,
-    MessageStream,
     MessageWriter,
-    SkippedLine,
     make_fifo,
     open_fifo_parent_end,
     set_pipe_size,

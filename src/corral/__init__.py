@@ -10,6 +10,7 @@
 exit code 0
 """
 
+from ._broadcast import BatchStream, ItemStream, MessageStream
 from ._errors import (
     CmdError,
     CmdOptionsError,
@@ -57,7 +58,6 @@ from ._model import (
     ScriptingLanguage,
     ScriptRunConfig,
 )
-from ._streams import BatchStream, ItemStream, MessageStream
 from ._supervision import EventKind, ProcessEvent
 from ._sync import BlockingIterator, SyncProcessHandle, SyncProcessManager, SyncScopedProcessHandle
 

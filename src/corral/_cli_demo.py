@@ -37,6 +37,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from ._broadcast import MessageStream
 from ._errors import CorralError, KillProcessError, ProcessNotFoundError
 from ._handle import ProcessHandle, ProcessManagerHandle
 from ._logs import LogsQuery
@@ -53,7 +54,6 @@ from ._model import (
     Script,
     ScriptingLanguage,
 )
-from ._streams import MessageStream
 from ._supervision import EventKind, ProcessEvent
 
 __all__ = ["demo"]

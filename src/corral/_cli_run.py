@@ -63,6 +63,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from ._broadcast import ItemStream
 from ._errors import CorralError, KillProcessError, ProcessNotFoundError, SpawnProcessError
 from ._handle import ProcessManagerHandle
 from ._manager import ProcessManager
@@ -77,7 +78,6 @@ from ._model import (
     RestartMode,
     RestartPolicy,
 )
-from ._streams import ItemStream
 from ._supervision import EventKind, ProcessEvent
 
 __all__ = [

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ._arguments import check_process_id, check_signal, check_timeout
+from ._broadcast import ItemStream, MessageStream
 from ._errors import (
     CorralError,
     GetLogsError,
@@ -49,7 +50,6 @@ from ._requests import (
     Wait,
     running_loop,
 )
-from ._streams import ItemStream, MessageStream
 from ._supervision import ProcessEvent
 
 if TYPE_CHECKING:

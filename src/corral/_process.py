@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import _guardian as guardian
+from ._broadcast import Broadcast, MessageItem
 from ._errors import SpawnProcessError
 from ._logs import LogFile
 from ._model import (
@@ -31,9 +32,9 @@ from ._model import (
     ProcessInfo,
     RestartMode,
 )
+from ._pipes import MessageReader, MessageWriter
 from ._platform import ExitWatch, ExitWatcher, reaped_group_alive, signal_reaped_group
 from ._spawn import SpawnedChild, remove_process_dir
-from ._streams import Broadcast, MessageReader, MessageWriter
 from ._supervision import EventKind, EventRecord, RestartTracker
 
 __all__ = ["ManagedProcess"]
@@ -56,7 +57,7 @@ class _Run:
         child: SpawnedChild,
         exits: ExitWatcher,
         process_id: ProcessId,
-        broadcast: Broadcast | None,
+        broadcast: Broadcast[MessageItem] | None,
         on_exit: Callable[[_Run, ExitStatus], None],
         guard_dir: Path | None,
     ) -> None:
@@ -188,7 +189,7 @@ class ManagedProcess:
             same = next((log for log in self.logs.values() if log.path == path), None)
             self.logs[stream] = same if same is not None else LogFile(path)
         #: The message output's subscribers, kept across restarts (None when not configured).
-        self.broadcast: Broadcast | None = None
+        self.broadcast: Broadcast[MessageItem] | None = None
         if child.message_out is not None:
             capacity = child.cmd.options.output_buffer_capacity
             self.broadcast = Broadcast(capacity, process_id=process_id, loop=loop)

@@ -22,6 +22,7 @@ from ._arguments import (
     check_log_stream,
     check_logs_query,
 )
+from ._broadcast import ItemStream, MessageStream
 from ._errors import (
     CorralError,
     GetLogsError,
@@ -36,7 +37,6 @@ from ._errors import (
 )
 from ._logs import LogsQuery
 from ._model import Cmd, ExitedProcessInfo, ProcessId, ProcessInfo, Runnable, Script
-from ._streams import ItemStream, MessageStream
 from ._supervision import ProcessEvent
 
 __all__ = [

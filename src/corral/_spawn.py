@@ -35,7 +35,7 @@ from ._model import (
     Runnable,
     ensure_mode,
 )
-from ._streams import make_fifo, open_fifo_parent_end
+from ._pipes import make_fifo, open_fifo_parent_end
 
 __all__ = [
     "DATA_DIR_NAME",

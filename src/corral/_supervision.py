@@ -14,11 +14,9 @@ import contextlib
 import enum
 import time
 from dataclasses import dataclass
-from typing import cast
 
-from ._messages import Message
+from ._broadcast import Broadcast, ItemStream
 from ._model import ExitStatus, ProcessId, RestartPolicy
-from ._streams import Broadcast, ItemStream
 
 __all__ = ["EventBroadcast", "EventKind", "EventRecord", "ProcessEvent", "RestartTracker"]
 
@@ -117,26 +115,26 @@ EventRecord = tuple[
 class EventBroadcast:
     """The manager's events, fanned out to its subscribers like a process's messages are.
 
-    The same bounded buffer serves (it never looks inside its items): a subscriber that lags
-    by more than ``capacity`` events gets :class:`~corral.LostMessagesError` with the exact
-    count, then goes on; the manager never waits for a subscriber.
+    The same bounded buffer serves, holding records: a subscriber that lags by more than
+    ``capacity`` events gets :class:`~corral.LostMessagesError` with the exact count, then goes
+    on; the manager never waits for a subscriber.
     """
 
     def __init__(self, capacity: int, loop: asyncio.AbstractEventLoop) -> None:
-        self._broadcast = Broadcast(capacity, loop=loop)
+        self._broadcast: Broadcast[EventRecord] = Broadcast(capacity, loop=loop)
 
     def publish(self, record: EventRecord) -> None:
         """Hand an event to every subscriber (dropped if nobody ever subscribes)."""
         # try, not suppress(): this runs twice per spawn, a context manager costs an object.
         try:  # noqa: SIM105
-            self._broadcast.try_publish(cast(Message, record))
+            self._broadcast.try_publish(record)
         except RuntimeError:  # at interpreter exit the loop may be closed
             pass
 
     def subscribe(self, replay: bool = False) -> ItemStream[ProcessEvent]:
         """A new subscriber: the events from now on; with ``replay``, also those still buffered
         from before (a supervisor must not react to exits long past by default)."""
-        return self._broadcast.subscribe(replay=replay).mapped(_as_event)
+        return self._broadcast.subscribe_items(_as_event, replay=replay)
 
     def close(self) -> None:
         """No more events: streams end once drained."""
@@ -144,6 +142,5 @@ class EventBroadcast:
             self._broadcast.close()
 
 
-def _as_event(item: Message) -> ProcessEvent:
-    # The buffer holds records, typed as what it usually holds.
-    return ProcessEvent(*cast(EventRecord, item))
+def _as_event(record: EventRecord) -> ProcessEvent:
+    return ProcessEvent(*record)

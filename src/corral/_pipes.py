@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import enum
 import errno
 import fcntl
 import functools
@@ -225,6 +226,87 @@ class LineFramer:
 
 # --- reading a child's output -------------------------------------------------------------------
 
+# A reader's state: one enum per concern, each value with what leads to it.
+
+
+class _Phase(enum.Enum):
+    """Where a reader is in the life of its fd. It only ever moves down this list."""
+
+    #: The child runs: a read whenever the fd is readable. The first phase.
+    LIVE = "live"
+    #: The child has exited, the output has not ended: one read per loop turn until the pipe is
+    #: empty. From LIVE, by child_exited.
+    DRAINING = "draining"
+    #: The output has ended while the child may still run: an unterminated last line waits for
+    #: child_exited, to know whether the child was killed while writing it. From LIVE, by
+    #: _at_eof (EOF, or a read error).
+    AT_EOF = "at_eof"
+    #: The output has ended and the child has exited: the last messages are being published.
+    #: From DRAINING by _at_eof (the pipe is empty), from AT_EOF by child_exited.
+    FINISHING = "finishing"
+    #: The fd and the broadcast are closed. From any phase, by _finish: everything was
+    #: delivered, or close().
+    CLOSED = "closed"
+
+
+class _Delivery(enum.Enum):
+    """What the messages read and not yet published (``_pending``) wait for."""
+
+    #: Nothing: they are published as they are read (or there are none). The first value; back
+    #: to it by _drained, _refill and _resume.
+    FLOWING = "flowing"
+    #: This loop turn's budget is spent: _refill goes on with them next turn. Set by _deliver.
+    WAIT_BUDGET = "wait_budget"
+    #: A lossless subscriber keeps the buffer full: reading stops (which holds the child back)
+    #: until there is room, then _resume goes on. Set by _deliver.
+    WAIT_ROOM = "wait_room"
+
+
+class _Pace(enum.Enum):
+    """The refill of the per-turn budget, scheduled on the loop once the budget is spent."""
+
+    #: No refill scheduled: the budget is not spent. The first value; back to it by _refill.
+    NO_REFILL = "no_refill"
+    #: _refill runs next turn, after the subscribers the last batch woke. Set by _deliver when
+    #: it spends the budget, and by _refill when it was deferred.
+    REFILL_SCHEDULED = "refill_scheduled"
+    #: A subscriber's pull published since the refill was scheduled: the refill waits one more
+    #: turn, for the subscribers that pull woke. Set by _pull.
+    REFILL_DEFERRED = "refill_deferred"
+
+
+class _Poll(enum.Enum):
+    """What makes the next read happen."""
+
+    #: Nothing: reading is stopped (_stop_reading), over, or the scheduled read has run.
+    STOPPED = "stopped"
+    #: ``loop.add_reader``: a read when the fd is readable, while the child runs. Set by
+    #: _start_reading.
+    ON_READABLE = "on_readable"
+    #: ``loop.call_soon``: a read next turn, whatever the fd says, once the child has exited.
+    #: Set by _read_next_turn.
+    ON_NEXT_TURN = "on_next_turn"
+
+
+# The members as module globals, which is how the reader reads them: in CPython 3.11 an enum
+# member read off its class costs ~75 ns (EnumType defines __getattr__, which takes every
+# attribute read on an enum class off the fast path), a global ~4 ns, and the reader checks its
+# state several times per read: on a message round trip, enum reads cost ~1 us more.
+_LIVE: Final = _Phase.LIVE
+_DRAINING: Final = _Phase.DRAINING
+_AT_EOF: Final = _Phase.AT_EOF
+_FINISHING: Final = _Phase.FINISHING
+_CLOSED: Final = _Phase.CLOSED
+_FLOWING: Final = _Delivery.FLOWING
+_WAIT_BUDGET: Final = _Delivery.WAIT_BUDGET
+_WAIT_ROOM: Final = _Delivery.WAIT_ROOM
+_NO_REFILL: Final = _Pace.NO_REFILL
+_REFILL_SCHEDULED: Final = _Pace.REFILL_SCHEDULED
+_REFILL_DEFERRED: Final = _Pace.REFILL_DEFERRED
+_STOPPED: Final = _Poll.STOPPED
+_ON_READABLE: Final = _Poll.ON_READABLE
+_ON_NEXT_TURN: Final = _Poll.ON_NEXT_TURN
+
 
 class MessageReader:
     """Reads a child's message output fd into a :class:`Broadcast`, one message per line.
@@ -282,16 +364,13 @@ class MessageReader:
         self._exit_status = exit_status
         self._tail: bytes | None = None  # an unterminated last line, waiting for the exit status
         self._pending: collections.deque[MessageItem] = collections.deque()
-        self._reading = False  # registered with add_reader
-        self._paused = False  # waiting for room in the broadcast
-        self._eof = False
-        self._exited = False  # child gone: drain without waiting for readiness
-        self._read_scheduled = False
+        # The state: see _Phase, _Delivery, _Pace and _Poll for the values and what sets them.
+        self._phase: _Phase = _LIVE
+        self._delivery: _Delivery = _FLOWING
+        self._pace: _Pace = _NO_REFILL
+        self._poll: _Poll = _STOPPED
         # At most `capacity` messages are published per turn of the loop (see _deliver).
         self._budget = broadcast.capacity
-        self._refill_scheduled = False
-        self._refill_deferred = False
-        self._deliver_on_refill = False  # the budget ran out with messages pending
         self._done: asyncio.Future[None] = self._loop.create_future()
         os.set_blocking(fd, False)
         broadcast.set_pull(self._pull)
@@ -305,7 +384,7 @@ class MessageReader:
     @property
     def paused(self) -> bool:
         """Whether reading is stopped because a lossless subscriber keeps the buffer full."""
-        return self._paused
+        return self._delivery is _WAIT_ROOM
 
     async def wait_closed(self) -> None:
         """Return when reading is over: end of output, or :meth:`close`."""
@@ -313,20 +392,23 @@ class MessageReader:
 
     def child_exited(self) -> None:
         """The child has exited: read what is left without waiting, deliver it, then end."""
-        if self._done.done() or self._exited:
-            return
-        self._exited = True
-        if self._paused or self._pending:
+        phase = self._phase
+        if phase is _LIVE:
+            self._phase = _DRAINING
+        elif phase is _AT_EOF:
+            self._phase = _FINISHING
+        else:
+            return  # told already, or over
+        if self._delivery is _WAIT_ROOM or self._pending:
             return  # _deliver() goes on with the drain once the pending messages are out
-        if self._eof:
+        if phase is _AT_EOF:
             self._drained()  # the last line waited for the exit status
         else:
-            self._stop_reading()
-            self._schedule_read()
+            self._read_next_turn()
 
     def close(self) -> None:
         """Stop now: forget unread data, close the fd, end the broadcast's streams cleanly."""
-        if self._done.done():
+        if self._phase is _CLOSED:
             return
         self._pending.clear()
         self._finish()  # closing the broadcast also fires a pending resume, which then stops
@@ -334,13 +416,19 @@ class MessageReader:
     # -- internals --
 
     def _on_readable(self) -> None:
-        self._read_scheduled = False
-        if self._fd < 0 or self._pending or self._paused or self._eof:
+        if self._poll is _ON_NEXT_TURN:
+            self._poll = _STOPPED
+        phase = self._phase
+        if (
+            (phase is not _LIVE and phase is not _DRAINING)
+            or self._pending
+            or self._delivery is _WAIT_ROOM
+        ):
             return  # not before the last read is delivered (level-triggered: no data is missed)
         try:
             data = os.read(self._fd, _READ_SIZE)
         except BlockingIOError:
-            if self._exited:  # the child is gone and the pipe is empty
+            if phase is _DRAINING:  # the child is gone and the pipe is empty
                 self._at_eof()
             return
         except OSError:  # EIO and the like: nothing more will come
@@ -362,11 +450,11 @@ class MessageReader:
                 self._broadcast.holds_skipped = True
                 self._pending.extend(map(_as_item, lines))
             self._deliver()
-        elif self._exited:
-            self._schedule_read()
+        elif phase is _DRAINING:
+            self._read_next_turn()
 
     def _at_eof(self) -> None:
-        self._eof = True
+        self._phase = _FINISHING if self._phase is _DRAINING else _AT_EOF
         self._stop_reading()
         tail = self._framer.finish()
         if isinstance(tail, SkippedLine):
@@ -394,27 +482,27 @@ class MessageReader:
 
     def _deliver(self) -> None:
         """Publish pending messages, then go on: read more, wait for room, or end."""
-        if self._fd < 0:
+        if self._phase is _CLOSED:
             return
         pending = self._pending
         while pending:
             if not self._budget:  # let subscribers on this loop take this batch first
                 # A spent budget means a refill is scheduled (after the wake-ups of this
                 # turn's subscribers): it goes on with the delivery, next turn.
-                self._deliver_on_refill = True
+                self._delivery = _WAIT_BUDGET
                 return
             published = self._broadcast.publish_many(pending, self._budget)
             if published:
                 self._budget -= published
-                if not self._budget and not self._refill_scheduled:
+                if not self._budget and self._pace is _NO_REFILL:
                     # Scheduled after the wake-ups of the subscribers this batch woke, so they
                     # run (and read it) before more is published. Only once the budget is
                     # spent: fewer than `capacity` messages since the last refill cannot
                     # overrun anyone, and a message at a time then costs no extra callback.
-                    self._refill_scheduled = True
+                    self._pace = _REFILL_SCHEDULED
                     self._loop.call_soon(self._refill)
             if pending and self._budget:  # a lossless subscriber has a full buffer to iterate
-                self._paused = True
+                self._delivery = _WAIT_ROOM
                 self._stop_reading()
                 self._broadcast._room_future().add_done_callback(self._resume)
                 return
@@ -424,14 +512,14 @@ class MessageReader:
         """A subscriber has read everything: publish what fits without loss (see
         :meth:`Broadcast.set_pull`); whether anything was published."""
         pending = self._pending
-        if not pending or self._fd < 0:
+        if not pending or self._phase is _CLOSED:
             return False
         broadcast = self._broadcast
         published = broadcast.publish_many(pending, broadcast.free_room())
-        if published and self._refill_scheduled:
+        if published and self._pace is _REFILL_SCHEDULED:
             # The subscribers this woke must read before the reader's next paced batch.
-            self._refill_deferred = True
-        if self._paused:
+            self._pace = _REFILL_DEFERRED
+        if self._delivery is _WAIT_ROOM:
             broadcast._wake_producer()  # the room it waits for is there: let it resume
         elif not pending:
             self._drained()
@@ -439,58 +527,61 @@ class MessageReader:
 
     def _drained(self) -> None:
         """Every message read is published: read more, or end."""
-        if self._eof:
+        self._delivery = _FLOWING  # a pull may have emptied what waited for a refill
+        phase = self._phase
+        if phase is _AT_EOF or phase is _FINISHING:
             tail = self._tail
             if tail is None:
                 self._finish()
             elif self._settle_tail(tail):  # else child_exited() comes back here
                 self._tail = None
                 self._deliver()
-        elif self._exited:
-            self._stop_reading()
-            self._schedule_read()
-        else:
+        elif phase is _DRAINING:
+            self._read_next_turn()
+        elif phase is _LIVE:
             self._start_reading()
 
     def _refill(self) -> None:
-        if self._refill_deferred:  # a pull published since: run after the readers it woke
-            self._refill_deferred = False
+        if self._pace is _REFILL_DEFERRED:
+            # A pull published since: run after the subscribers it woke.
+            self._pace = _REFILL_SCHEDULED
             self._loop.call_soon(self._refill)
             return
-        self._refill_scheduled = False
+        self._pace = _NO_REFILL
         self._budget = self._broadcast.capacity
-        if self._deliver_on_refill:
-            self._deliver_on_refill = False
+        if self._delivery is _WAIT_BUDGET:
+            self._delivery = _FLOWING
             self._deliver()
 
     def _resume(self, _room: asyncio.Future[None]) -> None:
-        self._paused = False
+        self._delivery = _FLOWING
         self._deliver()
 
-    def _schedule_read(self) -> None:
+    def _read_next_turn(self) -> None:
         # After the child's exit: one read per loop iteration, until the pipe is empty, so a
         # grandchild that keeps writing cannot starve the loop.
-        if not self._read_scheduled:
-            self._read_scheduled = True
+        self._stop_reading()
+        if self._poll is not _ON_NEXT_TURN:
+            self._poll = _ON_NEXT_TURN
             self._loop.call_soon(self._on_readable)
 
     def _start_reading(self) -> None:
-        if not self._reading:
+        if self._poll is not _ON_READABLE:
             self._loop.add_reader(self._fd, self._on_readable)
-            self._reading = True
+            self._poll = _ON_READABLE
 
     def _stop_reading(self) -> None:
-        if self._reading:
+        if self._poll is _ON_READABLE:
             self._loop.remove_reader(self._fd)
-            self._reading = False
+            self._poll = _STOPPED
 
     def _finish(self) -> None:
         self._stop_reading()
         if self._broadcast._pull == self._pull:  # a restarted process's next reader may own it
             self._broadcast.set_pull(None)
-        if self._fd >= 0:
+        if self._phase is not _CLOSED:
+            self._phase = _CLOSED
             os.close(self._fd)
-            self._fd = -1
         if self.close_broadcast:
             self._broadcast.close()
         if not self._done.done():

@@ -26,8 +26,7 @@ from corral import (
     ProcessId,
     ProcessManagerHandle,
 )
-from corral._logs import LogFile, follow_lines, open_log
-from corral._spawn import STDOUT_LOG_NAME
+from corral._logs import STDOUT_LOG_NAME, LogFile, follow_lines, open_log
 
 #: Writes a line to its log, replaces the log's name with argv[1] (a FIFO, or a symbolic link
 #: to argv[2]), says so on its message output, then runs on until it is killed.

@@ -42,7 +42,7 @@ from corral import (
     Script,
     ScriptingLanguage,
 )
-from corral._spawn import MERGED_LOG_NAME, STDERR_LOG_NAME, STDOUT_LOG_NAME
+from corral._logs import MERGED_LOG_NAME, STDERR_LOG_NAME, STDOUT_LOG_NAME
 
 STDOUT_ONLY = LoggingType.STDOUT_ONLY
 STDERR_ONLY = LoggingType.STDERR_ONLY

@@ -1,8 +1,10 @@
-"""Captured log files: line queries that cost what they return, and following a live log.
+"""Captured log files: what each :class:`~corral.LoggingType` opens for the child, line queries
+that cost what they return, and following a live log.
 
-A child writes its captured stream straight into a file; this module only ever reads those files.
-It knows nothing of the manager: it takes paths, and for :func:`follow_lines` a callable telling
-when the writer has exited.
+Everything a logging type means lives here. At spawn, :func:`open_child_logs` names and opens
+the files the child's captured streams go to; the child then writes into them directly, and
+corral only ever reads them. The module knows nothing of the manager: it takes paths, and for
+:func:`follow_lines` a callable telling when the writer has exited.
 
 The line rules, shared by every reader here (see :func:`split_lines`):
 
@@ -25,11 +27,32 @@ import sys
 import threading
 from array import array
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NoReturn, Protocol, cast
 
-__all__ = ["LogFile", "LogsQuery", "follow_lines", "open_log", "split_lines"]
+from ._model import LoggingType, ensure_mode
+
+__all__ = [
+    "LOG_FILE_NAMES",
+    "MERGED_LOG_NAME",
+    "STDERR_LOG_NAME",
+    "STDOUT_LOG_NAME",
+    "ChildLogs",
+    "LogFile",
+    "LogsQuery",
+    "follow_lines",
+    "open_child_logs",
+    "open_log",
+    "split_lines",
+]
+
+#: Log file names in the process dir.
+STDOUT_LOG_NAME = "stdout.log"
+STDERR_LOG_NAME = "stderr.log"
+MERGED_LOG_NAME = "output.log"
+#: Every name a log file may have: a process dir is emptied by name.
+LOG_FILE_NAMES = (STDOUT_LOG_NAME, STDERR_LOG_NAME, MERGED_LOG_NAME)
 
 _NL = b"\n"
 
@@ -90,6 +113,65 @@ def open_log(path: str | os.PathLike[str]) -> int:
     except BaseException:
         os.close(fd)
         raise
+    return fd
+
+
+# --- the child's side ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ChildLogs:
+    """The log files of one run, opened for the child to write its captured streams into."""
+
+    #: The fds the child gets as its stdout / stderr; None for a stream not captured.
+    stdout: int | None = None
+    stderr: int | None = None
+    #: Captured streams: "stdout" / "stderr" -> log file (one file for both when merged).
+    paths: dict[str, Path] = field(default_factory=dict)
+    #: Every fd opened, once each: the parent closes them once the child has its copies.
+    fds: list[int] = field(default_factory=list)
+
+
+def open_child_logs(logging_type: LoggingType | None, process_dir: Path) -> ChildLogs:
+    """Open, in ``process_dir``, the log files ``logging_type`` captures the child's streams to.
+
+    Files are appended to, so a restarted process's logs go on where the last run's ended. On
+    failure raises ``OSError`` having closed every fd it opened.
+    """
+    logs = ChildLogs()
+    if logging_type is None:
+        return logs
+    try:
+        if logging_type is LoggingType.STDOUT_AND_STDERR_MERGED:
+            path = process_dir / MERGED_LOG_NAME
+            logs.stdout = logs.stderr = _open_for_child(path, logs)
+            logs.paths = {"stdout": path, "stderr": path}
+            return logs
+        if logging_type.captures_stdout:
+            path = process_dir / STDOUT_LOG_NAME
+            logs.stdout = _open_for_child(path, logs)
+            logs.paths["stdout"] = path
+        if logging_type.captures_stderr:
+            path = process_dir / STDERR_LOG_NAME
+            logs.stderr = _open_for_child(path, logs)
+            logs.paths["stderr"] = path
+    except BaseException:
+        for fd in logs.fds:
+            os.close(fd)
+        raise
+    return logs
+
+
+def _open_for_child(path: Path, logs: ChildLogs) -> int:
+    # O_APPEND: writes from both streams of a merged log (and from grandchildren) interleave
+    # without overwriting each other, in the order they were written.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    try:
+        ensure_mode(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    logs.fds.append(fd)
     return fd
 
 

@@ -23,13 +23,13 @@ from pathlib import Path
 
 from . import _guardian as guardian
 from ._errors import SpawnProcessError
+from ._logs import LOG_FILE_NAMES, open_child_logs
 from ._model import (
     INPUT_PIPE_ENV_NAME,
     OUTPUT_PIPE_ENV_NAME,
     PROCESS_DATA_DIR_ENV_NAME,
     Cmd,
     CmdOptions,
-    LoggingType,
     MessagingType,
     ProcessId,
     Runnable,
@@ -57,19 +57,8 @@ DATA_DIR_NAME = "data"
 INPUT_FIFO_NAME = "input.pipe"
 OUTPUT_FIFO_NAME = "output.pipe"
 
-#: Log file names in the process dir.
-STDOUT_LOG_NAME = "stdout.log"
-STDERR_LOG_NAME = "stderr.log"
-MERGED_LOG_NAME = "output.log"
-
 #: What corral itself puts in a process dir, besides the data dir: removable by name.
-_KNOWN_FILES = (
-    INPUT_FIFO_NAME,
-    OUTPUT_FIFO_NAME,
-    STDOUT_LOG_NAME,
-    STDERR_LOG_NAME,
-    MERGED_LOG_NAME,
-)
+_KNOWN_FILES = (INPUT_FIFO_NAME, OUTPUT_FIFO_NAME, *LOG_FILE_NAMES)
 
 #: Process dirs that could not be removed (say, with no fd left for rmtree and a file of a
 #: custom Runnable in them): tried again at the next spawn and when the working dir is released.
@@ -116,18 +105,6 @@ class _Stdio:
             if fd is not None:
                 os.close(fd)
         self.message_in = self.message_out = None
-
-
-def _open_log(path: Path) -> int:
-    # O_APPEND: writes from both streams of a merged log (and from grandchildren) interleave
-    # without overwriting each other, in the order they were written.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-    try:
-        ensure_mode(fd, 0o600)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def _limits_setter(options: CmdOptions) -> Callable[[], None] | None:
@@ -182,24 +159,13 @@ def _prepare_messaging(options: CmdOptions, process_dir: Path, stdio: _Stdio) ->
 
 
 def _prepare_logs(options: CmdOptions, process_dir: Path, stdio: _Stdio) -> None:
-    logging_type = options.logging_type
-    if logging_type is LoggingType.STDOUT_AND_STDERR_MERGED:
-        path = process_dir / MERGED_LOG_NAME
-        fd = _open_log(path)
-        stdio.child_ends.append(fd)
-        stdio.stdout = stdio.stderr = fd
-        stdio.logs = {"stdout": path, "stderr": path}
-    elif logging_type is not None:
-        if logging_type.captures_stdout:
-            path = process_dir / STDOUT_LOG_NAME
-            stdio.stdout = _open_log(path)
-            stdio.child_ends.append(stdio.stdout)
-            stdio.logs["stdout"] = path
-        if logging_type.captures_stderr:
-            path = process_dir / STDERR_LOG_NAME
-            stdio.stderr = _open_log(path)
-            stdio.child_ends.append(stdio.stderr)
-            stdio.logs["stderr"] = path
+    logs = open_child_logs(options.logging_type, process_dir)
+    stdio.child_ends.extend(logs.fds)
+    if logs.stdout is not None:
+        stdio.stdout = logs.stdout
+    if logs.stderr is not None:
+        stdio.stderr = logs.stderr
+    stdio.logs = logs.paths
 
 
 def make_private_dir(path: str | os.PathLike[str]) -> None:

@@ -343,6 +343,21 @@ class BlockingItemStream(BlockingIterator[T]):
     ...     print(event.kind.value)
     """
 
+    def __init__(
+        self,
+        portal: _LoopThread,
+        iterator: ItemStream[T] | MessageStream,
+        error: type[CorralError],
+        what: str,
+    ) -> None:
+        super().__init__(portal, cast("AsyncIterator[T]", iterator), error, what)
+        self._process_id = iterator.process_id
+
+    @property
+    def process_id(self) -> ProcessId | None:
+        """The process the messages come from."""
+        return self._process_id
+
     def ignore_lost_messages(self) -> BlockingItemStream[T]:
         """The same stream, going on after a lag instead of raising ``LostMessagesError``."""
         return BlockingItemStream(self._portal, self._adapt().ignore_lost_messages(), *self._as)

@@ -35,6 +35,7 @@ from ._model import (
     Runnable,
     ensure_mode,
 )
+from ._platform import signal_group
 from ._streams import make_fifo, open_fifo_parent_end
 
 __all__ = [
@@ -460,7 +461,7 @@ def discard_child(child: SpawnedChild) -> None:
     it, close the parent's fds and remove its process dir. Blocks only for the reap of a child
     that was SIGKILLed."""
     with contextlib.suppress(OSError):
-        os.killpg(child.popen.pid, signal.SIGKILL)  # not reaped yet: the group is still ours
+        signal_group(child.popen.pid, signal.SIGKILL)  # not reaped yet: the group is still ours
     child.popen.wait()
     for fd in (child.message_in, child.message_out):
         if fd is not None:

@@ -35,8 +35,7 @@ from ._model import (
     Runnable,
     ensure_mode,
 )
-from ._platform import signal_group
-from ._streams import make_fifo, open_fifo_parent_end
+from ._platform import cloexec_pipe, make_fifo, open_fifo_parent_end, signal_group
 
 __all__ = [
     "DATA_DIR_NAME",
@@ -165,7 +164,7 @@ def _fifo(path: Path) -> Path:
 
 def _prepare_messaging(options: CmdOptions, process_dir: Path, stdio: _Stdio) -> None:
     if options.message_input is MessagingType.STANDARD_IO:
-        child_end, stdio.message_in = os.pipe2(os.O_CLOEXEC)
+        child_end, stdio.message_in = cloexec_pipe()
         stdio.child_ends.append(child_end)
         stdio.stdin = child_end
     elif options.message_input is MessagingType.NAMED_PIPE:
@@ -173,7 +172,7 @@ def _prepare_messaging(options: CmdOptions, process_dir: Path, stdio: _Stdio) ->
         stdio.message_in = open_fifo_parent_end(path)
         stdio.env[INPUT_PIPE_ENV_NAME] = str(path)
     if options.message_output is MessagingType.STANDARD_IO:
-        stdio.message_out, child_end = os.pipe2(os.O_CLOEXEC)
+        stdio.message_out, child_end = cloexec_pipe()
         stdio.child_ends.append(child_end)
         stdio.stdout = child_end
     elif options.message_output is MessagingType.NAMED_PIPE:

@@ -18,18 +18,31 @@ Process groups (:mod:`._groups`):
   its id was reused.
 * :func:`reaped_group_alive`: whether such a group still has a member that runs; without /proc,
   zombies count as members.
+
+Pipes and FIFOs (:mod:`._pipes`):
+
+* :func:`cloexec_pipe`: a pipe pair no exec inherits; ``os.pipe2`` where it exists, else
+  ``os.pipe`` then ``os.set_inheritable`` (not atomic, harmless with ``close_fds=True``).
+* :func:`make_fifo` / :func:`open_fifo_parent_end`: a message FIFO, owner-only, and the
+  parent's end of it; without named pipes ``make_fifo`` raises OSError (ENOSYS).
+* :func:`set_pipe_size`: raise a pipe's capacity (Linux); elsewhere None, the size unchanged.
 """
 
 from __future__ import annotations
 
 from ._exits import HAS_PIDFD, ExitWatch, ExitWatcher
 from ._groups import reaped_group_alive, signal_group, signal_reaped_group
+from ._pipes import cloexec_pipe, make_fifo, open_fifo_parent_end, set_pipe_size
 
 __all__ = [
     "HAS_PIDFD",
     "ExitWatch",
     "ExitWatcher",
+    "cloexec_pipe",
+    "make_fifo",
+    "open_fifo_parent_end",
     "reaped_group_alive",
+    "set_pipe_size",
     "signal_group",
     "signal_reaped_group",
 ]

@@ -26,23 +26,35 @@ Pipes and FIFOs (:mod:`._pipes`):
 * :func:`make_fifo` / :func:`open_fifo_parent_end`: a message FIFO, owner-only, and the
   parent's end of it; without named pipes ``make_fifo`` raises OSError (ENOSYS).
 * :func:`set_pipe_size`: raise a pipe's capacity (Linux); elsewhere None, the size unchanged.
+
+The working dir's lock (:mod:`._locks`), a ``flock`` on the dir; without ``flock`` nothing is
+locked and no manager can tell it is alone, so none reports or removes leftovers (``HAS_FLOCK``):
+
+* :func:`try_lock_dir_exclusive`: lock a dir for this manager alone, if no other holds it.
+* :func:`share_dir_lock`: let other managers in, still holding the dir.
+* :func:`lock_dir_shared`: hold a dir along with other managers.
 """
 
 from __future__ import annotations
 
 from ._exits import HAS_PIDFD, ExitWatch, ExitWatcher
 from ._groups import reaped_group_alive, signal_group, signal_reaped_group
+from ._locks import HAS_FLOCK, lock_dir_shared, share_dir_lock, try_lock_dir_exclusive
 from ._pipes import cloexec_pipe, make_fifo, open_fifo_parent_end, set_pipe_size
 
 __all__ = [
+    "HAS_FLOCK",
     "HAS_PIDFD",
     "ExitWatch",
     "ExitWatcher",
     "cloexec_pipe",
+    "lock_dir_shared",
     "make_fifo",
     "open_fifo_parent_end",
     "reaped_group_alive",
     "set_pipe_size",
+    "share_dir_lock",
     "signal_group",
     "signal_reaped_group",
+    "try_lock_dir_exclusive",
 ]

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
 import shutil
 import signal
 import stat
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +34,13 @@ from ._model import (
     Runnable,
     ensure_mode,
 )
-from ._platform import cloexec_pipe, make_fifo, open_fifo_parent_end, signal_group
+from ._platform import (
+    cloexec_pipe,
+    limits_setter,
+    make_fifo,
+    open_fifo_parent_end,
+    signal_group,
+)
 
 __all__ = [
     "DATA_DIR_NAME",
@@ -128,30 +133,6 @@ def _open_log(path: Path) -> int:
         os.close(fd)
         raise
     return fd
-
-
-def _limits_setter(options: CmdOptions) -> Callable[[], None] | None:
-    """What the child runs between fork and exec to apply ``rlimits`` and ``nice``, or None.
-
-    Only processes with these options pay for it: any ``preexec_fn`` makes CPython fork
-    instead of vfork (about 3x the spawn time for a small parent, far more for a big one).
-    The function only makes system calls on values bound beforehand: nothing that could wait
-    on a lock another thread held at fork time.
-    """
-    limits = list(options.rlimits.items())
-    nice = options.nice
-    if not limits and nice is None:
-        return None
-    setrlimit = resource.setrlimit
-    setpriority, prio_process = os.setpriority, os.PRIO_PROCESS
-
-    def apply_limits() -> None:
-        for which, soft_hard in limits:
-            setrlimit(which, soft_hard)
-        if nice is not None:
-            setpriority(prio_process, 0, nice)
-
-    return apply_limits
 
 
 def _fifo(path: Path) -> Path:
@@ -375,7 +356,7 @@ def spawn_child(
 
 def _spawn_error(process_id: ProcessId, cmd: Cmd, exc: Exception) -> SpawnProcessError:
     """What a failure of ``start_child`` is reported as, saying which part of ``cmd`` failed."""
-    if isinstance(exc, subprocess.SubprocessError):  # raised by _limits_setter in the child
+    if isinstance(exc, subprocess.SubprocessError):  # raised by limits_setter in the child
         return SpawnProcessError(
             f"cannot apply the rlimits / nice of process {process_id} ({cmd}) in the child "
             f"(raising a hard limit or lowering niceness needs privileges)",
@@ -414,7 +395,7 @@ def start_child(process_id: ProcessId, cmd: Cmd, process_dir: Path, devnull: int
         env = build_env(options, {PROCESS_DATA_DIR_ENV_NAME: data_dir, **stdio.env})
         argv = cmd.argv()
         found = _find_program(argv[0], env)
-        limits = _limits_setter(options)
+        limits = limits_setter(options.rlimits, options.nice)
 
         def start(executable: bytes | None) -> subprocess.Popen[bytes]:
             return subprocess.Popen(

@@ -33,25 +33,43 @@ locked and no manager can tell it is alone, so none reports or removes leftovers
 * :func:`try_lock_dir_exclusive`: lock a dir for this manager alone, if no other holds it.
 * :func:`share_dir_lock`: let other managers in, still holding the dir.
 * :func:`lock_dir_shared`: hold a dir along with other managers.
+
+Resource limits and niceness (:mod:`._limits`); without the ``resource`` module no limit is
+known (``HAS_RLIMITS``), so options that ask for one are refused, never at import:
+
+* :func:`limits_setter`: the function a child runs before exec to set its rlimits and nice.
+* :func:`rlimit_number`, ``RLIMIT_NAMES``, ``RLIM_INFINITY``: the limits this platform knows.
 """
 
 from __future__ import annotations
 
 from ._exits import HAS_PIDFD, ExitWatch, ExitWatcher
 from ._groups import reaped_group_alive, signal_group, signal_reaped_group
+from ._limits import (
+    HAS_RLIMITS,
+    RLIM_INFINITY,
+    RLIMIT_NAMES,
+    limits_setter,
+    rlimit_number,
+)
 from ._locks import HAS_FLOCK, lock_dir_shared, share_dir_lock, try_lock_dir_exclusive
 from ._pipes import cloexec_pipe, make_fifo, open_fifo_parent_end, set_pipe_size
 
 __all__ = [
     "HAS_FLOCK",
     "HAS_PIDFD",
+    "HAS_RLIMITS",
+    "RLIMIT_NAMES",
+    "RLIM_INFINITY",
     "ExitWatch",
     "ExitWatcher",
     "cloexec_pipe",
+    "limits_setter",
     "lock_dir_shared",
     "make_fifo",
     "open_fifo_parent_end",
     "reaped_group_alive",
+    "rlimit_number",
     "set_pipe_size",
     "share_dir_lock",
     "signal_group",

@@ -36,6 +36,7 @@ from ._model import (
 )
 from ._platform import (
     cloexec_pipe,
+    inherited_env,
     limits_setter,
     make_fifo,
     open_fifo_parent_end,
@@ -237,15 +238,6 @@ def retry_unremoved(working_dir: str | os.PathLike[str] | None = None) -> list[s
     return left
 
 
-def _inherited_env() -> dict[bytes, bytes]:
-    # os.environ keeps the process's environment as bytes in ``_data`` (CPython, every POSIX
-    # version); copying that dict is ~50x cheaper than iterating os.environb key by key.
-    data = getattr(os.environ, "_data", None)
-    if isinstance(data, dict):
-        return dict(data)
-    return dict(os.environb)
-
-
 def build_env(options: CmdOptions, extra: Mapping[str, str]) -> dict[bytes, bytes]:
     """The child's environment: inherited (unless ``clear_envs``), minus removals, plus ``envs``.
 
@@ -254,7 +246,7 @@ def build_env(options: CmdOptions, extra: Mapping[str, str]) -> dict[bytes, byte
     inherited variable on each spawn.
     """
     encode = os.fsencode
-    env = {} if options.clear_envs else _inherited_env()
+    env = {} if options.clear_envs else inherited_env()
     for name in options.envs_to_remove:
         env.pop(encode(name), None)
     for name, value in (*options.envs.items(), *extra.items()):

@@ -39,10 +39,15 @@ known (``HAS_RLIMITS``), so options that ask for one are refused, never at impor
 
 * :func:`limits_setter`: the function a child runs before exec to set its rlimits and nice.
 * :func:`rlimit_number`, ``RLIMIT_NAMES``, ``RLIM_INFINITY``: the limits this platform knows.
+
+The environment (:mod:`._environ`):
+
+* :func:`inherited_env`: this process's environment as bytes, copied the cheapest way there is.
 """
 
 from __future__ import annotations
 
+from ._environ import inherited_env
 from ._exits import HAS_PIDFD, ExitWatch, ExitWatcher
 from ._groups import reaped_group_alive, signal_group, signal_reaped_group
 from ._limits import (
@@ -64,6 +69,7 @@ __all__ = [
     "ExitWatch",
     "ExitWatcher",
     "cloexec_pipe",
+    "inherited_env",
     "limits_setter",
     "lock_dir_shared",
     "make_fifo",

@@ -1,9 +1,10 @@
 """What differs per platform, behind one small interface.
 
-Each name here is chosen once, at import, for the platform corral runs on, with a documented
-fallback where the best way is missing, so that the rest of corral never tests for a platform
-and ``import corral`` works wherever Python runs. Linux gets the best of each; macOS and older
-kernels get the fallbacks.
+The way each function works is chosen once, at import, for the platform corral runs on, with a
+documented fallback where the best way is missing: the rest of corral never tests for a
+platform, and ``import corral`` does not fail for want of ``fcntl``, ``resource``,
+``os.pipe2`` or ``os.killpg``. Linux gets the best of each; macOS and older kernels get some of
+the fallbacks.
 
 Exit watching (:mod:`._exits`):
 

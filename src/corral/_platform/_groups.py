@@ -28,10 +28,12 @@ def _kill_leader(pgid: int, sig: int) -> None:
     os.kill(pgid, sig)
 
 
-#: ``os.killpg``, or a fallback that signals the leader only.
-_killpg: Callable[[int, int], None] = getattr(os, "killpg", _kill_leader)
-#: Whether a group whose leader was reaped can be signalled at all.
-_HAS_KILLPG = hasattr(os, "killpg")
+def _choose_killpg() -> Callable[[int, int], None]:
+    return getattr(os, "killpg", _kill_leader)
+
+
+#: How a group is signalled on this platform: ``os.killpg``, or the leader alone.
+_killpg = _choose_killpg()
 
 
 def signal_group(pgid: int, sig: int) -> bool:
@@ -72,7 +74,7 @@ def signal_reaped_group(pgid: int, sig: int) -> bool:
     would have to be freed, reused and made a group's id in between, within microseconds.
     Without ``os.killpg`` nothing of the group can be reached: False.
     """
-    if not _HAS_KILLPG or _pid_in_use(pgid):
+    if _killpg is _kill_leader or _pid_in_use(pgid):  # no groups: nothing left to reach
         return False
     try:
         _killpg(pgid, sig)

@@ -39,6 +39,7 @@ from corral._errors import (
 )
 from corral._messages import Message, MessageFormat, encode_outgoing
 from corral._model import ExitStatus, ProcessId
+from corral._platform import make_fifo, open_fifo_parent_end, set_pipe_size
 from corral._streams import (
     Broadcast,
     LineFramer,
@@ -46,9 +47,6 @@ from corral._streams import (
     MessageStream,
     MessageWriter,
     SkippedLine,
-    make_fifo,
-    open_fifo_parent_end,
-    set_pipe_size,
 )
 
 _T = TypeVar("_T")
@@ -768,7 +766,7 @@ def test_set_pipe_size_is_best_effort(tmp_path: Path) -> None:
         os.close(r)
         os.close(w)
     with open(tmp_path / "file", "wb") as f:
-        assert set_pipe_size(f.fileno()) is None  # not a pipe
+        assert set_pipe_size(f.fileno(), 256 * 1024) is None  # not a pipe
 
 
 # --- real children: round trips --------------------------------------------------------------

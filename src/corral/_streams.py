@@ -14,7 +14,7 @@ One process's messaging is four objects, all living on the manager's event loop:
 
 Wiring, for the manager::
 
-    # on spawn: stdio pipes from os.pipe2(O_CLOEXEC), the child's ends given to the child and
+    # on spawn: stdio pipes from cloexec_pipe(), the child's ends given to the child and
     # closed in the parent once it started; or FIFOs made with make_fifo and opened with
     # open_fifo_parent_end before the child starts. Reader and writer own the parent's ends.
     broadcast = Broadcast(options.output_buffer_capacity, process_id=pid)
@@ -38,12 +38,10 @@ import collections
 import contextlib
 import copy
 import errno
-import fcntl
 import functools
 import os
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine
-from pathlib import Path
 from typing import Any, Final, Self, TypeVar, cast, overload
 
 from ._errors import (
@@ -57,6 +55,7 @@ from ._errors import (
 )
 from ._messages import Message, MessageFormat, as_format
 from ._model import ExitStatus, ProcessId
+from ._platform import set_pipe_size
 
 __all__ = [
     "DEFAULT_PIPE_SIZE",
@@ -68,9 +67,6 @@ __all__ = [
     "MessageStream",
     "MessageWriter",
     "SkippedLine",
-    "make_fifo",
-    "open_fifo_parent_end",
-    "set_pipe_size",
 ]
 
 _T = TypeVar("_T")
@@ -86,57 +82,6 @@ _READ_SIZE: Final = 64 * 1024
 
 def _who(process_id: ProcessId | None) -> str:
     return f"process {process_id}" if process_id is not None else "the process"
-
-
-# --- pipes and FIFOs ----------------------------------------------------------------------------
-
-
-@functools.cache
-def _pipe_max_size() -> int:
-    try:
-        with open("/proc/sys/fs/pipe-max-size", "rb") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return 1024 * 1024
-
-
-def set_pipe_size(fd: int, size: int = DEFAULT_PIPE_SIZE) -> int | None:
-    """Raise the capacity of the pipe or FIFO ``fd`` to ``size`` bytes; best effort.
-
-    A bigger pipe lets a chatty child run further ahead of the parent, and a flood costs fewer
-    wake-ups. The size is capped at ``/proc/sys/fs/pipe-max-size``. Returns the new capacity,
-    or ``None`` when it could not be changed (not Linux, not a pipe, or the user's pipe memory
-    quota, ``/proc/sys/fs/pipe-user-pages-soft``, 64 MiB by default, is used up: past it the
-    kernel gives every new pipe of the user only two pages, which is why corral raises a pipe
-    only where a flood shows it helps, and not to the 1 MiB maximum).
-    """
-    setpipe = getattr(fcntl, "F_SETPIPE_SZ", None)
-    if setpipe is None:
-        return None
-    try:
-        return fcntl.fcntl(fd, setpipe, min(size, _pipe_max_size()))
-    except OSError:
-        return None
-
-
-def make_fifo(path: str | os.PathLike[str]) -> Path:
-    """Create the FIFO ``path`` with mode 0600 whatever the umask, and return its path."""
-    os.mkfifo(path, 0o600)
-    os.chmod(path, 0o600)  # the umask may have removed owner bits
-    return Path(path)
-
-
-def open_fifo_parent_end(path: str | os.PathLike[str]) -> int:
-    """Open the parent's end of a message FIFO: read-write, non-blocking, close-on-exec.
-
-    ``O_RDWR`` makes ``open`` return at once even if the child never opens its end, and keeps
-    the FIFO from reporting EOF each time a child that reopens it per message closes it. The
-    price: the parent never sees EOF or ``EPIPE`` on it, so the manager tells the reader and
-    writer when the child has exited (:meth:`MessageReader.child_exited`,
-    :meth:`MessageWriter.child_exited`). Use the same call for ``INPUT_PIPE`` and
-    ``OUTPUT_PIPE``.
-    """
-    return os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
 
 
 # --- framing ------------------------------------------------------------------------------------

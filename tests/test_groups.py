@@ -42,6 +42,7 @@ from corral import (
 )
 from corral import _guardian as guardian_module
 from corral import _platform as platform_module
+from corral._platform import _exits as exits_module
 
 #: Starts a background job, prints its pid and exits at once: the job stays in the group.
 LEAVES_A_JOB = "sleep 300 & echo $!"
@@ -78,7 +79,7 @@ def wait_pidfd(fd: int, timeout: float = TIMEOUT) -> bool:
 async def test_kill_after_the_child_exited_kills_its_background_job(
     manager: ProcessManagerHandle, monkeypatch: pytest.MonkeyPatch, pidfds: bool
 ) -> None:
-    monkeypatch.setattr(platform_module, "HAS_PIDFD", pidfds and platform_module.HAS_PIDFD)
+    monkeypatch.setattr(exits_module, "HAS_PIDFD", pidfds and exits_module.HAS_PIDFD)
     async with left_job(manager) as (process_id, fd):
         await bounded(manager.kill(process_id))
         await wait_fd_readable(fd)

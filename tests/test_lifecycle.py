@@ -57,7 +57,7 @@ from corral import (
     ProcessNotFoundError,
 )
 from corral import _guardian as guardian_module
-from corral import _platform as platform_module
+from corral._platform import _exits as exits_module
 
 T = TypeVar("T")
 
@@ -362,7 +362,7 @@ async def test_exits_are_seen_without_pidfds_too(
     """Where pidfds are missing, a thread per child waits for it; the guardian still forgets each
     group that its child left empty."""
     await warm_up(manager)  # one-time resources (the guardian) exist already
-    monkeypatch.setattr(platform_module, "HAS_PIDFD", False)
+    monkeypatch.setattr(exits_module, "HAS_PIDFD", False)
     threads = threading.active_count()
     sleeping = await manager.spawn(sleep_cmd(300))
     assert threading.active_count() == threads + 1  # the thread waiting for it

@@ -40,14 +40,8 @@ from corral._errors import (
 )
 from corral._messages import Message, MessageFormat, encode_outgoing
 from corral._model import ExitStatus, ProcessId
-from corral._pipes import (
-    LineFramer,
-    MessageReader,
-    MessageWriter,
-    make_fifo,
-    open_fifo_parent_end,
-    set_pipe_size,
-)
+from corral._pipes import LineFramer, MessageReader, MessageWriter
+from corral._platform import make_fifo, open_fifo_parent_end, set_pipe_size
 
 _T = TypeVar("_T")
 
@@ -766,7 +760,7 @@ def test_set_pipe_size_is_best_effort(tmp_path: Path) -> None:
         os.close(r)
         os.close(w)
     with open(tmp_path / "file", "wb") as f:
-        assert set_pipe_size(f.fileno()) is None  # not a pipe
+        assert set_pipe_size(f.fileno(), 256 * 1024) is None  # not a pipe
 
 
 # --- real children: round trips --------------------------------------------------------------

@@ -59,7 +59,14 @@ from ._model import (
     ScriptRunConfig,
 )
 from ._supervision import EventKind, ProcessEvent
-from ._sync import BlockingIterator, SyncProcessHandle, SyncProcessManager, SyncScopedProcessHandle
+from ._sync import (
+    BlockingItemStream,
+    BlockingIterator,
+    BlockingMessageStream,
+    SyncProcessHandle,
+    SyncProcessManager,
+    SyncScopedProcessHandle,
+)
 
 __version__ = "0.1.0"
 
@@ -70,7 +77,9 @@ __all__ = [
     "SCRIPT_FILE_PATH_PLACEHOLDER",
     "Backoff",
     "BatchStream",
+    "BlockingItemStream",
     "BlockingIterator",
+    "BlockingMessageStream",
     "Cmd",
     "CmdError",
     "CmdOptions",

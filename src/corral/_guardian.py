@@ -105,6 +105,8 @@ _IGNORED = tuple(
     if hasattr(signal, name)
 )
 
+# Runs isolated (-I -S), without corral on its path: it signals groups itself, with the same
+# check as corral._platform.signal_reaped_group for a group whose leader was reaped.
 _GUARDIAN_CODE = r"""
 import os, shutil, signal, struct, sys
 ignored = [int(number) for number in sys.argv[3].split(",")]

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from ._arguments import check_process_id, check_signal, check_timeout
+from ._arguments import check_bool, check_process_id, check_signal, check_timeout
 from ._broadcast import ItemStream, MessageStream
 from ._errors import (
     CorralError,
@@ -27,10 +27,12 @@ from ._errors import (
     bad_argument,
     manager_aborted,
 )
+from ._generated import ProcessMethods
 from ._logs import LogsQuery, follow_lines
 from ._messages import Message, encode_outgoing
 from ._model import ExitedProcessInfo, ProcessId, ProcessInfo, Runnable
 from ._requests import (
+    FETCH_ALL,
     Abort,
     Envelope,
     GetInfo,
@@ -48,6 +50,7 @@ from ._requests import (
     SubscribeEvents,
     Terminate,
     Wait,
+    operation,
     running_loop,
 )
 from ._supervision import ProcessEvent
@@ -58,8 +61,6 @@ if TYPE_CHECKING:
 __all__ = ["ProcessHandle", "ProcessManagerHandle", "ScopedProcessHandle"]
 
 T = TypeVar("T")
-
-_FETCH_ALL = LogsQuery.fetch_all()
 
 
 class _Mailbox(Protocol):
@@ -158,6 +159,7 @@ class ProcessManagerHandle:
 
     # --- spawning -------------------------------------------------------------------------
 
+    @operation(Spawn)
     async def spawn(self, runnable: Runnable) -> ProcessId:
         """Start a :class:`Cmd`, a :class:`Script` or any :class:`Runnable`; return its id.
 
@@ -171,10 +173,12 @@ class ProcessManagerHandle:
         """Kill a process spawned for a caller that was cancelled: nobody else knows its id."""
         self._post_nowait(Kill(process_id))
 
+    @operation(Spawn)
     async def spawn_with_handle(self, runnable: Runnable) -> ProcessHandle:
         """Like :meth:`spawn`, returning a :class:`ProcessHandle` bound to the new process."""
         return ProcessHandle(self, await self.spawn(runnable))
 
+    @operation(Spawn)
     async def spawn_with_scoped_handle(self, runnable: Runnable) -> ScopedProcessHandle:
         """Like :meth:`spawn`; the process is killed when the handle's ``async with`` ends.
 
@@ -185,10 +189,12 @@ class ProcessManagerHandle:
 
     # --- state ----------------------------------------------------------------------------
 
+    @operation(GetInfo)
     async def get_process_info(self, process_id: ProcessId | str) -> ProcessInfo:
         """A snapshot: pid, whether it runs, its exit status once it ended."""
         return await self._call(GetInfo(check_process_id(process_id, GetInfo.error)))
 
+    @operation(Wait)
     async def wait(
         self, process_id: ProcessId | str, timeout: float | None = None
     ) -> ExitedProcessInfo:
@@ -208,8 +214,9 @@ class ProcessManagerHandle:
 
     # --- logs -----------------------------------------------------------------------------
 
+    @operation(GetLogs)
     async def get_logs_stdout(
-        self, process_id: ProcessId | str, query: LogsQuery = _FETCH_ALL
+        self, process_id: ProcessId | str, query: LogsQuery = FETCH_ALL
     ) -> list[str]:
         """Lines of the captured stdout selected by ``query`` (all of them by default).
 
@@ -224,14 +231,16 @@ class ProcessManagerHandle:
             GetLogs(check_process_id(process_id, GetLogs.error), "stdout", query)
         )
 
+    @operation(GetLogs)
     async def get_logs_stderr(
-        self, process_id: ProcessId | str, query: LogsQuery = _FETCH_ALL
+        self, process_id: ProcessId | str, query: LogsQuery = FETCH_ALL
     ) -> list[str]:
         """Lines of the captured stderr; see :meth:`get_logs_stdout`."""
         return await self._call(
             GetLogs(check_process_id(process_id, GetLogs.error), "stderr", query)
         )
 
+    @operation(GetLogPath)
     def follow_logs(
         self, process_id: ProcessId | str, stream: LogStream = "stdout"
     ) -> AsyncIterator[str]:
@@ -277,6 +286,7 @@ class ProcessManagerHandle:
 
     # --- messages -------------------------------------------------------------------------
 
+    @operation(SendMessage)
     async def send_message(
         self, process_id: ProcessId | str, message: Message | str | bytes
     ) -> None:
@@ -314,8 +324,13 @@ class ProcessManagerHandle:
             return
         await self._call(SendMessage(process_id, data))
 
+    @operation(Subscribe)
     async def subscribe_message_stream(
-        self, process_id: ProcessId | str, *, lossless: bool = True
+        self,
+        process_id: ProcessId | str,
+        *,
+        lossless: bool = True,
+        ignore_lost_messages: bool = False,
     ) -> MessageStream:
         """A new subscriber to the child's message output: an async iterator of :class:`Message`.
 
@@ -327,14 +342,21 @@ class ProcessManagerHandle:
         behind by more than the capacity gets :class:`LostMessagesError` with the exact count,
         then goes on, and nobody waits for it. The stream ends when the child has exited (or
         was killed) and everything it wrote was delivered. It may be iterated from any
-        thread's event loop.
+        thread's event loop. ``ignore_lost_messages=True`` is ``.ignore_lost_messages()`` on
+        the stream: losses are skipped silently.
 
         >>> async for text in (await handle.subscribe_message_stream(pid)).strings():
         ...     print(text)
         """
-        return await self._call(Subscribe(check_process_id(process_id, Subscribe.error), lossless))
+        check_bool(ignore_lost_messages, "ignore_lost_messages", Subscribe.error)
+        request = Subscribe(check_process_id(process_id, Subscribe.error), lossless)
+        stream = await self._call(request)
+        return stream.ignore_lost_messages() if ignore_lost_messages else stream
 
-    async def subscribe_events(self, *, replay: bool = False) -> ItemStream[ProcessEvent]:
+    @operation(SubscribeEvents)
+    async def subscribe_events(
+        self, *, replay: bool = False, ignore_lost_messages: bool = False
+    ) -> ItemStream[ProcessEvent]:
         """Every process's events from the subscription on: spawned, exited, restarting, gave
         up, killed, released.
 
@@ -342,14 +364,17 @@ class ProcessManagerHandle:
         from before the call, unless ``replay=True`` asks for those still buffered too (up to
         1,024). A subscriber that falls more than 1,024 events behind gets
         :class:`LostMessagesError` with the exact count, then goes on
-        (``.ignore_lost_messages()`` skips it); the manager never waits for a subscriber. The
-        stream ends when the manager is aborted.
+        (``ignore_lost_messages=True``, or ``.ignore_lost_messages()``, skips it); the manager
+        never waits for a subscriber. The stream ends when the manager is aborted.
 
         >>> async for event in await handle.subscribe_events():
         ...     print(event.kind.value, event.process_id, event.exit_status)
         """
-        return await self._call(SubscribeEvents(replay))
+        check_bool(ignore_lost_messages, "ignore_lost_messages", SubscribeEvents.error)
+        stream = await self._call(SubscribeEvents(replay))
+        return stream.ignore_lost_messages() if ignore_lost_messages else stream
 
+    @operation(ListProcesses)
     async def list_processes(self) -> list[ProcessId]:
         """The ids of every process the manager knows (running, or exited and not yet killed or
         released)."""
@@ -357,11 +382,13 @@ class ProcessManagerHandle:
 
     # --- ending ---------------------------------------------------------------------------
 
+    @operation(Kill)
     async def kill(self, process_id: ProcessId | str) -> None:
         """SIGKILL the process's group (even when the leader already exited), reap it, delete
         its dir, forget its id."""
         await self._call(Kill(check_process_id(process_id, Kill.error)))
 
+    @operation(Release)
     async def release(self, process_id: ProcessId | str) -> None:
         """Forget a process that has exited and delete its dir (logs included).
 
@@ -373,6 +400,7 @@ class ProcessManagerHandle:
         """
         await self._call(Release(check_process_id(process_id, Release.error)))
 
+    @operation(Terminate)
     async def terminate(self, process_id: ProcessId | str, grace: float = 5.0) -> ExitedProcessInfo:
         """SIGTERM the process group; SIGKILL it if the child still runs after ``grace`` s.
 
@@ -382,6 +410,7 @@ class ProcessManagerHandle:
         """
         return await self._call(Terminate(check_process_id(process_id, Terminate.error), grace))
 
+    @operation(SendSignal)
     async def send_signal(
         self, process_id: ProcessId | str, sig: int | str, *, group: bool = False
     ) -> None:
@@ -397,6 +426,7 @@ class ProcessManagerHandle:
         request = SendSignal(check_process_id(process_id, error), check_signal(sig, error), group)
         await self._call(request)
 
+    @operation(Abort)
     async def abort(self, grace: float = 0.5) -> None:
         """Terminate every process, all at once, and stop the manager.
 
@@ -419,7 +449,7 @@ class ProcessManagerHandle:
             await self.abort()
 
 
-class ProcessHandle:
+class ProcessHandle(ProcessMethods):
     """A :class:`ProcessManagerHandle` bound to one process: the same methods without the id.
 
     Dropping it does nothing to the process.
@@ -436,50 +466,6 @@ class ProcessHandle:
     def manager(self) -> ProcessManagerHandle:
         """The manager's handle."""
         return self._handle
-
-    async def get_process_info(self) -> ProcessInfo:
-        """See :meth:`ProcessManagerHandle.get_process_info`."""
-        return await self._handle.get_process_info(self.id)
-
-    async def wait(self, timeout: float | None = None) -> ExitedProcessInfo:
-        """See :meth:`ProcessManagerHandle.wait`."""
-        return await self._handle.wait(self.id, timeout)
-
-    async def kill(self) -> None:
-        """See :meth:`ProcessManagerHandle.kill`."""
-        await self._handle.kill(self.id)
-
-    async def release(self) -> None:
-        """See :meth:`ProcessManagerHandle.release`."""
-        await self._handle.release(self.id)
-
-    async def terminate(self, grace: float = 5.0) -> ExitedProcessInfo:
-        """See :meth:`ProcessManagerHandle.terminate`."""
-        return await self._handle.terminate(self.id, grace)
-
-    async def send_signal(self, sig: int | str, *, group: bool = False) -> None:
-        """See :meth:`ProcessManagerHandle.send_signal`."""
-        await self._handle.send_signal(self.id, sig, group=group)
-
-    async def get_logs_stdout(self, query: LogsQuery = _FETCH_ALL) -> list[str]:
-        """See :meth:`ProcessManagerHandle.get_logs_stdout`."""
-        return await self._handle.get_logs_stdout(self.id, query)
-
-    async def get_logs_stderr(self, query: LogsQuery = _FETCH_ALL) -> list[str]:
-        """See :meth:`ProcessManagerHandle.get_logs_stderr`."""
-        return await self._handle.get_logs_stderr(self.id, query)
-
-    def follow_logs(self, stream: LogStream = "stdout") -> AsyncIterator[str]:
-        """See :meth:`ProcessManagerHandle.follow_logs`."""
-        return self._handle.follow_logs(self.id, stream)
-
-    async def send_message(self, message: Message | str | bytes) -> None:
-        """See :meth:`ProcessManagerHandle.send_message`."""
-        await self._handle.send_message(self.id, message)
-
-    async def subscribe_message_stream(self, *, lossless: bool = True) -> MessageStream:
-        """See :meth:`ProcessManagerHandle.subscribe_message_stream`."""
-        return await self._handle.subscribe_message_stream(self.id, lossless=lossless)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.id})"

@@ -17,11 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeGuard, cast, runtime_checkable
 
 from ._errors import CmdError, CmdOptionsError
-
-try:
-    import resource
-except ImportError:  # not on every platform
-    resource = None  # type: ignore[assignment]
+from ._platform import HAS_RLIMITS, RLIM_INFINITY, RLIMIT_NAMES, rlimit_number
 
 __all__ = [
     "INPUT_PIPE_ENV_NAME",
@@ -427,11 +423,11 @@ def _rlimit_resource(key: object) -> int:
     if isinstance(key, str):
         name = key.upper()
         name = name if name.startswith("RLIMIT_") else f"RLIMIT_{name}"
-        number = getattr(resource, name, None) if resource is not None else None
-        if not isinstance(number, int):
+        number = rlimit_number(name)
+        if number is None:
             raise CmdOptionsError(f"rlimits: unknown resource {key!r}")
         return number
-    if isinstance(key, bool) or not isinstance(key, int) or key not in _RLIMIT_NAMES:
+    if isinstance(key, bool) or not isinstance(key, int) or key not in RLIMIT_NAMES:
         raise CmdOptionsError(f"rlimits: unknown resource {key!r}")
     return key
 
@@ -439,8 +435,7 @@ def _rlimit_resource(key: object) -> int:
 def _rlimit_value(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise CmdOptionsError(f"{what} must be an int, not {value!r}")
-    infinity = resource.RLIM_INFINITY if resource is not None else -1
-    if value < 0 and value != infinity:
+    if value < 0 and value != RLIM_INFINITY:
         raise CmdOptionsError(f"{what} must be >= 0 or RLIM_INFINITY, not {value!r}")
     return value
 
@@ -448,19 +443,18 @@ def _rlimit_value(value: object, what: str) -> int:
 def _validate_rlimits(value: object) -> dict[int, tuple[int, int]]:
     if not isinstance(value, Mapping):
         raise CmdOptionsError(f"rlimits must be a mapping, not {type(value).__name__}")
-    if value and resource is None:
+    if value and not HAS_RLIMITS:
         raise CmdOptionsError("rlimits are not supported on this platform")
     limits: dict[int, tuple[int, int]] = {}
     for key, limit in value.items():
         number = _rlimit_resource(key)
-        name = _RLIMIT_NAMES[number]
+        name = RLIMIT_NAMES[number]
         if isinstance(limit, tuple) and len(limit) == 2:
             soft = _rlimit_value(limit[0], f"rlimits[{name}] soft limit")
             hard = _rlimit_value(limit[1], f"rlimits[{name}] hard limit")
         else:
             soft = hard = _rlimit_value(limit, f"rlimits[{name}]")
-        infinity = resource.RLIM_INFINITY
-        if hard != infinity and (soft == infinity or soft > hard):
+        if hard != RLIM_INFINITY and (soft == RLIM_INFINITY or soft > hard):
             raise CmdOptionsError(f"rlimits[{name}]: soft limit {soft} above hard limit {hard}")
         limits[number] = (soft, hard)
     return limits
@@ -480,13 +474,6 @@ def _validate_nice(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or not -20 <= value <= 19:
         raise CmdOptionsError(f"nice must be an int from -20 to 19 or None, not {value!r}")
     return value
-
-
-_RLIMIT_NAMES: dict[int, str] = (
-    {getattr(resource, n): n for n in dir(resource) if n.startswith("RLIMIT_")}
-    if resource is not None
-    else {}
-)
 
 
 def _validate_max_message_bytes(value: object) -> int:

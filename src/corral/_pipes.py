@@ -1,5 +1,5 @@
-"""The pipe side of messaging: line framing, the reader of a child's output, the writer of its
-input, and the pipe and FIFO helpers they need.
+"""The pipe side of messaging: line framing, the reader of a child's output and the writer of
+its input.
 
 One process's messaging is four objects, all living on the manager's event loop:
 
@@ -18,9 +18,10 @@ module is where bytes become messages and messages become bytes.
 
 Wiring, for the manager::
 
-    # on spawn: stdio pipes from os.pipe2(O_CLOEXEC), the child's ends given to the child and
+    # on spawn: stdio pipes from cloexec_pipe(), the child's ends given to the child and
     # closed in the parent once it started; or FIFOs made with make_fifo and opened with
-    # open_fifo_parent_end before the child starts. Reader and writer own the parent's ends.
+    # open_fifo_parent_end (corral._platform) before the child starts. Reader and writer own
+    # the parent's ends.
     broadcast = Broadcast(options.output_buffer_capacity, process_id=pid)
     reader = MessageReader(output_fd, broadcast)
     writer = MessageWriter(input_fd, process_id=pid)
@@ -42,26 +43,22 @@ import collections
 import contextlib
 import enum
 import errno
-import fcntl
 import functools
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Final, cast
 
 from ._broadcast import Broadcast, MessageItem, SkippedLine, process_name
 from ._errors import WriteMessageError
 from ._messages import Message
 from ._model import ExitStatus, ProcessId
+from ._platform import set_pipe_size
 
 __all__ = [
     "DEFAULT_PIPE_SIZE",
     "LineFramer",
     "MessageReader",
     "MessageWriter",
-    "make_fifo",
-    "open_fifo_parent_end",
-    "set_pipe_size",
 ]
 
 #: Capacity a reader raises its pipe to once it finds it full (see :class:`MessageReader`).
@@ -70,57 +67,6 @@ DEFAULT_PIPE_SIZE: Final = 256 * 1024
 # per read (measured here: ~13 us for 256 KiB against ~0.8 us for 64 KiB when a line is waiting)
 # and did not make a flood faster end to end.
 _READ_SIZE: Final = 64 * 1024
-
-
-# --- pipes and FIFOs ----------------------------------------------------------------------------
-
-
-@functools.cache
-def _pipe_max_size() -> int:
-    try:
-        with open("/proc/sys/fs/pipe-max-size", "rb") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return 1024 * 1024
-
-
-def set_pipe_size(fd: int, size: int = DEFAULT_PIPE_SIZE) -> int | None:
-    """Raise the capacity of the pipe or FIFO ``fd`` to ``size`` bytes; best effort.
-
-    A bigger pipe lets a chatty child run further ahead of the parent, and a flood costs fewer
-    wake-ups. The size is capped at ``/proc/sys/fs/pipe-max-size``. Returns the new capacity,
-    or ``None`` when it could not be changed (not Linux, not a pipe, or the user's pipe memory
-    quota, ``/proc/sys/fs/pipe-user-pages-soft``, 64 MiB by default, is used up: past it the
-    kernel gives every new pipe of the user only two pages, which is why corral raises a pipe
-    only where a flood shows it helps, and not to the 1 MiB maximum).
-    """
-    setpipe = getattr(fcntl, "F_SETPIPE_SZ", None)
-    if setpipe is None:
-        return None
-    try:
-        return fcntl.fcntl(fd, setpipe, min(size, _pipe_max_size()))
-    except OSError:
-        return None
-
-
-def make_fifo(path: str | os.PathLike[str]) -> Path:
-    """Create the FIFO ``path`` with mode 0600 whatever the umask, and return its path."""
-    os.mkfifo(path, 0o600)
-    os.chmod(path, 0o600)  # the umask may have removed owner bits
-    return Path(path)
-
-
-def open_fifo_parent_end(path: str | os.PathLike[str]) -> int:
-    """Open the parent's end of a message FIFO: read-write, non-blocking, close-on-exec.
-
-    ``O_RDWR`` makes ``open`` return at once even if the child never opens its end, and keeps
-    the FIFO from reporting EOF each time a child that reopens it per message closes it. The
-    price: the parent never sees EOF or ``EPIPE`` on it, so the manager tells the reader and
-    writer when the child has exited (:meth:`MessageReader.child_exited`,
-    :meth:`MessageWriter.child_exited`). Use the same call for ``INPUT_PIPE`` and
-    ``OUTPUT_PIPE``.
-    """
-    return os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
 
 
 # --- framing ------------------------------------------------------------------------------------
@@ -317,9 +263,9 @@ class MessageReader:
 
     The stream ends, and the broadcast is closed, at EOF (a pipe whose every writer closed) or,
     after :meth:`child_exited`, once what the pipe holds is drained. A FIFO opened with
-    :func:`open_fifo_parent_end` never reports EOF, so for it ``child_exited()`` is what ends
-    the stream; for a stdio pipe it is harmless, and ends the stream even if a grandchild still
-    holds the pipe. :meth:`close` stops at once (kill).
+    :func:`~corral._platform.open_fifo_parent_end` never reports EOF, so for it
+    ``child_exited()`` is what ends the stream; for a stdio pipe it is harmless, and ends the
+    stream even if a grandchild still holds the pipe. :meth:`close` stops at once (kill).
 
     At most ``capacity`` messages are published per turn of the event loop: subscribers waiting
     on this loop read a batch before the next one comes, so a burst of lines in one read does

@@ -33,7 +33,13 @@ from ._model import (
     RestartMode,
 )
 from ._pipes import MessageReader, MessageWriter
-from ._platform import ExitWatch, ExitWatcher, reaped_group_alive, signal_reaped_group
+from ._platform import (
+    ExitWatch,
+    ExitWatcher,
+    reaped_group_alive,
+    signal_group,
+    signal_reaped_group,
+)
 from ._spawn import SpawnedChild, remove_process_dir
 from ._supervision import EventKind, EventRecord, RestartTracker
 
@@ -117,8 +123,7 @@ class _Run:
         if self._group_gone:
             return
         if self.popen.returncode is None:  # not reaped: the leader holds the id, live or zombie
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pid, sig)
+            signal_group(self.pid, sig)
         elif not signal_reaped_group(self.pid, sig):
             self._forget_group()
 
@@ -397,7 +402,7 @@ class ManagedProcess:
             return False
         with contextlib.suppress(ProcessLookupError):  # exited, not yet reaped: nothing to do
             if group:
-                os.killpg(self.pid, sig)
+                signal_group(self.pid, sig)
             else:
                 os.kill(self.pid, sig)
         return True

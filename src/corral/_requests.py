@@ -40,6 +40,7 @@ from ._model import Cmd, ExitedProcessInfo, ProcessId, ProcessInfo, Runnable, Sc
 from ._supervision import ProcessEvent
 
 __all__ = [
+    "FETCH_ALL",
     "Abort",
     "Envelope",
     "GetInfo",
@@ -57,13 +58,18 @@ __all__ = [
     "SubscribeEvents",
     "Terminate",
     "Wait",
+    "operation",
     "running_loop",
 ]
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: The name of a captured output stream.
 LogStream = Literal["stdout", "stderr"]
+
+#: The default log query: every line.
+FETCH_ALL = LogsQuery.fetch_all()
 
 
 class Request(Generic[T]):
@@ -224,6 +230,18 @@ class Abort(Request[None]):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grace", check_grace(self.grace, ManagerAbortedError))
+
+
+def operation(request: type[Request[Any]]) -> Callable[[F], F]:
+    """Mark a method of :class:`~corral.ProcessManagerHandle` as the definition of the operation
+    that posts ``request``: ``scripts/gen_facades.py`` writes its per-process and blocking
+    twins from it, raising ``request.error`` once the manager is gone."""
+
+    def mark(method: F) -> F:
+        method.__corral_request__ = request  # type: ignore[attr-defined]
+        return method
+
+    return mark
 
 
 def running_loop() -> asyncio.AbstractEventLoop | None:

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
 import shutil
 import signal
 import stat
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +34,14 @@ from ._model import (
     Runnable,
     ensure_mode,
 )
-from ._pipes import make_fifo, open_fifo_parent_end
+from ._platform import (
+    cloexec_pipe,
+    inherited_env,
+    limits_setter,
+    make_fifo,
+    open_fifo_parent_end,
+    signal_group,
+)
 
 __all__ = [
     "DATA_DIR_NAME",
@@ -107,30 +113,6 @@ class _Stdio:
         self.message_in = self.message_out = None
 
 
-def _limits_setter(options: CmdOptions) -> Callable[[], None] | None:
-    """What the child runs between fork and exec to apply ``rlimits`` and ``nice``, or None.
-
-    Only processes with these options pay for it: any ``preexec_fn`` makes CPython fork
-    instead of vfork (about 3x the spawn time for a small parent, far more for a big one).
-    The function only makes system calls on values bound beforehand: nothing that could wait
-    on a lock another thread held at fork time.
-    """
-    limits = list(options.rlimits.items())
-    nice = options.nice
-    if not limits and nice is None:
-        return None
-    setrlimit = resource.setrlimit
-    setpriority, prio_process = os.setpriority, os.PRIO_PROCESS
-
-    def apply_limits() -> None:
-        for which, soft_hard in limits:
-            setrlimit(which, soft_hard)
-        if nice is not None:
-            setpriority(prio_process, 0, nice)
-
-    return apply_limits
-
-
 def _fifo(path: Path) -> Path:
     """The FIFO at ``path``: made on the first run, the same one on a restart."""
     with contextlib.suppress(FileNotFoundError):
@@ -141,7 +123,7 @@ def _fifo(path: Path) -> Path:
 
 def _prepare_messaging(options: CmdOptions, process_dir: Path, stdio: _Stdio) -> None:
     if options.message_input is MessagingType.STANDARD_IO:
-        child_end, stdio.message_in = os.pipe2(os.O_CLOEXEC)
+        child_end, stdio.message_in = cloexec_pipe()
         stdio.child_ends.append(child_end)
         stdio.stdin = child_end
     elif options.message_input is MessagingType.NAMED_PIPE:
@@ -149,7 +131,7 @@ def _prepare_messaging(options: CmdOptions, process_dir: Path, stdio: _Stdio) ->
         stdio.message_in = open_fifo_parent_end(path)
         stdio.env[INPUT_PIPE_ENV_NAME] = str(path)
     if options.message_output is MessagingType.STANDARD_IO:
-        stdio.message_out, child_end = os.pipe2(os.O_CLOEXEC)
+        stdio.message_out, child_end = cloexec_pipe()
         stdio.child_ends.append(child_end)
         stdio.stdout = child_end
     elif options.message_output is MessagingType.NAMED_PIPE:
@@ -222,15 +204,6 @@ def retry_unremoved(working_dir: str | os.PathLike[str] | None = None) -> list[s
     return left
 
 
-def _inherited_env() -> dict[bytes, bytes]:
-    # os.environ keeps the process's environment as bytes in ``_data`` (CPython, every POSIX
-    # version); copying that dict is ~50x cheaper than iterating os.environb key by key.
-    data = getattr(os.environ, "_data", None)
-    if isinstance(data, dict):
-        return dict(data)
-    return dict(os.environb)
-
-
 def build_env(options: CmdOptions, extra: Mapping[str, str]) -> dict[bytes, bytes]:
     """The child's environment: inherited (unless ``clear_envs``), minus removals, plus ``envs``.
 
@@ -239,7 +212,7 @@ def build_env(options: CmdOptions, extra: Mapping[str, str]) -> dict[bytes, byte
     inherited variable on each spawn.
     """
     encode = os.fsencode
-    env = {} if options.clear_envs else _inherited_env()
+    env = {} if options.clear_envs else inherited_env()
     for name in options.envs_to_remove:
         env.pop(encode(name), None)
     for name, value in (*options.envs.items(), *extra.items()):
@@ -341,7 +314,7 @@ def spawn_child(
 
 def _spawn_error(process_id: ProcessId, cmd: Cmd, exc: Exception) -> SpawnProcessError:
     """What a failure of ``start_child`` is reported as, saying which part of ``cmd`` failed."""
-    if isinstance(exc, subprocess.SubprocessError):  # raised by _limits_setter in the child
+    if isinstance(exc, subprocess.SubprocessError):  # raised by limits_setter in the child
         return SpawnProcessError(
             f"cannot apply the rlimits / nice of process {process_id} ({cmd}) in the child "
             f"(raising a hard limit or lowering niceness needs privileges)",
@@ -380,7 +353,7 @@ def start_child(process_id: ProcessId, cmd: Cmd, process_dir: Path, devnull: int
         env = build_env(options, {PROCESS_DATA_DIR_ENV_NAME: data_dir, **stdio.env})
         argv = cmd.argv()
         found = _find_program(argv[0], env)
-        limits = _limits_setter(options)
+        limits = limits_setter(options.rlimits, options.nice)
 
         def start(executable: bytes | None) -> subprocess.Popen[bytes]:
             return subprocess.Popen(
@@ -426,7 +399,7 @@ def discard_child(child: SpawnedChild) -> None:
     it, close the parent's fds and remove its process dir. Blocks only for the reap of a child
     that was SIGKILLed."""
     with contextlib.suppress(OSError):
-        os.killpg(child.popen.pid, signal.SIGKILL)  # not reaped yet: the group is still ours
+        signal_group(child.popen.pid, signal.SIGKILL)  # not reaped yet: the group is still ours
     child.popen.wait()
     for fd in (child.message_in, child.message_out):
         if fd is not None:

@@ -57,27 +57,21 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from ._arguments import check_bool, check_process_id
+from ._arguments import check_process_id
+from ._broadcast import ItemStream, MessageStream
 from ._errors import (
     CorralError,
-    GetLogsError,
     GetProcessInfoError,
     KillProcessError,
     ManagerAbortedError,
     ProcessNotFoundError,
-    ReadMessageError,
-    ReleaseProcessError,
-    SpawnProcessError,
-    WriteMessageError,
     manager_aborted,
 )
-from ._handle import ProcessManagerHandle, ScopedProcessHandle
-from ._logs import LogsQuery
+from ._generated import SyncManagerMethods, SyncProcessMethods
+from ._handle import ProcessHandle, ProcessManagerHandle, ScopedProcessHandle
 from ._manager import ProcessManager
-from ._messages import Message
-from ._model import ExitedProcessInfo, ProcessId, ProcessInfo, Runnable
-from ._requests import LogStream
-from ._supervision import ProcessEvent
+from ._messages import Message, MessageFormat
+from ._model import ProcessId
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -91,8 +85,7 @@ __all__ = [
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-_FETCH_ALL = LogsQuery.fetch_all()
+It = TypeVar("It")
 
 # Marks the background threads of every SyncProcessManager (see BlockingIterator.__del__).
 _THREAD_STATE = threading.local()
@@ -343,34 +336,79 @@ class BlockingIterator(Iterator[T]):
                 self.close()
 
 
-def _iterate_blocking(
-    portal: _LoopThread,
-    open_iterator: Callable[[], Coroutine[Any, Any, AsyncIterator[T]]],
-    error: type[CorralError],
-    what: str,
-) -> BlockingIterator[T]:
-    """Turn an async iterator that lives on ``portal``'s loop into a blocking iterator.
+class BlockingItemStream(BlockingIterator[T]):
+    """A blocking :class:`~corral.ItemStream`: an iterator with the same adapters.
 
-    ``open_iterator()`` runs on the loop now (so the iterator is made there, and a subscription
-    starts at call time; its errors are raised here); then every ``next()`` of the result is an
-    ``anext`` on the loop. ``error`` is the operation's class for a call after the manager is
-    closed; ``what`` names the operation in messages. For example::
-
-        def follow_logs(self, process_id, stream="stdout"):
-            async def open_iterator():
-                return self._handle.follow_logs(process_id, stream)
-            return _iterate_blocking(self._portal, open_iterator, GetLogsError, "follow_logs()")
-
-        def subscribe_message_stream(self, process_id):
-            return _iterate_blocking(
-                self._portal,
-                lambda: self._handle.subscribe_message_stream(process_id),
-                ReceiveMessageError,
-                "subscribe_message_stream()",
-            )
+    >>> for event in pm.subscribe_events().ignore_lost_messages():
+    ...     print(event.kind.value)
     """
-    iterator = portal.call(open_iterator, error, what)
-    return BlockingIterator(portal, iterator, error, what)
+
+    def __init__(
+        self,
+        portal: _LoopThread,
+        iterator: ItemStream[T] | MessageStream,
+        error: type[CorralError],
+        what: str,
+    ) -> None:
+        super().__init__(portal, cast("AsyncIterator[T]", iterator), error, what)
+        self._process_id = iterator.process_id
+
+    @property
+    def process_id(self) -> ProcessId | None:
+        """The process the messages come from."""
+        return self._process_id
+
+    def ignore_lost_messages(self) -> BlockingItemStream[T]:
+        """The same stream, going on after a lag instead of raising ``LostMessagesError``."""
+        return BlockingItemStream(self._portal, self._adapt().ignore_lost_messages(), *self._as)
+
+    def _adapt(self) -> Any:
+        """The async stream, for an adapter that takes over its iteration."""
+        with self._lock:
+            iterator, self._iterator = self._iterator, None
+        if iterator is None:
+            raise self._error(f"{self._what}: the stream is closed or already adapted")
+        return iterator
+
+    @property
+    def _as(self) -> tuple[type[CorralError], str]:
+        return self._error, self._what
+
+
+class BlockingMessageStream(BlockingItemStream[Message]):
+    """A blocking :class:`~corral.MessageStream`: an iterator of :class:`~corral.Message` with
+    the same adapters (``strings()``, ``decoded()``, ``batches()``, ...), each one a blocking
+    iterator that takes over this stream's subscription.
+
+    >>> for text in pm.subscribe_message_stream(pid).strings():
+    ...     print(text)
+    """
+
+    def ignore_lost_messages(self) -> BlockingMessageStream:
+        """The same stream, going on after a lag instead of raising ``LostMessagesError``."""
+        return BlockingMessageStream(self._portal, self._adapt().ignore_lost_messages(), *self._as)
+
+    def batches(self) -> BlockingIterator[list[Message]]:
+        """Items as lists of every message available at once; see
+        :meth:`MessageStream.batches`."""
+        return BlockingItemStream(self._portal, self._adapt().batches(), *self._as)
+
+    def strings(self) -> BlockingItemStream[str]:
+        """Items as ``str``; see :meth:`MessageStream.strings`."""
+        return BlockingItemStream(self._portal, self._adapt().strings(), *self._as)
+
+    def raw(self) -> BlockingItemStream[bytes]:
+        """Items as ``bytes``; see :meth:`MessageStream.raw`."""
+        return BlockingItemStream(self._portal, self._adapt().raw(), *self._as)
+
+    def mapped(self, convert: Callable[[Message], R]) -> BlockingItemStream[R]:
+        """Items converted by ``convert``; see :meth:`MessageStream.mapped`."""
+        return BlockingItemStream(self._portal, self._adapt().mapped(convert), *self._as)
+
+    def decoded(self, fmt: MessageFormat | str, type: Any = object) -> BlockingItemStream[Any]:
+        """Items decoded from ``fmt`` and checked against ``type``; see
+        :meth:`MessageStream.decoded`."""
+        return BlockingItemStream(self._portal, self._adapt().decoded(fmt, type), *self._as)
 
 
 # --- the manager ------------------------------------------------------------------------------
@@ -403,7 +441,7 @@ async def _start_manager(working_dir: str | os.PathLike[str] | None) -> ProcessM
     return ProcessManager.spawn(working_dir)
 
 
-class SyncProcessManager:
+class SyncProcessManager(SyncManagerMethods):
     """A process manager for code without an event loop: the async API, blocking.
 
     Runs a :class:`ProcessManager` on an event loop of its own, on a daemon thread, and offers the
@@ -446,10 +484,50 @@ class SyncProcessManager:
         self._closed = False
         _OPEN.add(self)
 
+    # --- what the generated methods build on ---------------------------------------------
+
     def _call(
         self, what: str, error: type[CorralError], make: Callable[[], Coroutine[Any, Any, R]]
     ) -> R:
-        return self._portal.call(make, error, f"{what}()")
+        return self._portal.call(make, error, what)
+
+    def _open(
+        self, what: str, error: type[CorralError], make: Callable[[], Coroutine[Any, Any, It]]
+    ) -> tuple[It, type[CorralError], str]:
+        """Make an async iterator on the loop (a subscription starts now); with what the
+        blocking iterator over it needs."""
+        return self._portal.call(make, error, what), error, what
+
+    def _open_now(
+        self, what: str, error: type[CorralError], make: Callable[[], It]
+    ) -> tuple[It, type[CorralError], str]:
+        """As :meth:`_open`, for a method that returns its async iterator without awaiting."""
+
+        async def opened() -> It:
+            return make()
+
+        return self._open(what, error, opened)
+
+    def _message_stream(
+        self, stream: MessageStream, error: type[CorralError], what: str
+    ) -> BlockingMessageStream:
+        return BlockingMessageStream(self._portal, stream, error, what)
+
+    def _item_stream(
+        self, stream: ItemStream[T], error: type[CorralError], what: str
+    ) -> BlockingItemStream[T]:
+        return BlockingItemStream(self._portal, stream, error, what)
+
+    def _iterator(
+        self, iterator: AsyncIterator[T], error: type[CorralError], what: str
+    ) -> BlockingIterator[T]:
+        return BlockingIterator(self._portal, iterator, error, what)
+
+    def _bind(self, handle: ProcessHandle) -> SyncProcessHandle:
+        return SyncProcessHandle(self, handle.id)
+
+    def _bind_scoped(self, handle: ScopedProcessHandle) -> SyncScopedProcessHandle:
+        return SyncScopedProcessHandle(self, handle)
 
     # --- reaching the loop ---------------------------------------------------------------------
 
@@ -475,227 +553,6 @@ class SyncProcessManager:
     def closed(self) -> bool:
         """Whether :meth:`close` has run (every call raises :class:`ManagerAbortedError`)."""
         return self._closed
-
-    # --- spawning ------------------------------------------------------------------------------
-
-    def spawn(self, runnable: Runnable) -> ProcessId:
-        """Start a :class:`Cmd`, a :class:`Script` or any :class:`Runnable`; return its id.
-
-        See :meth:`ProcessManagerHandle.spawn`; raises :class:`SpawnProcessError`.
-
-        >>> pid = pm.spawn(Cmd("sleep", ["10"]))
-        """
-        return self._call("spawn", SpawnProcessError, lambda: self._handle.spawn(runnable))
-
-    def spawn_with_handle(self, runnable: Runnable) -> SyncProcessHandle:
-        """Like :meth:`spawn`, returning a :class:`SyncProcessHandle` bound to the new process.
-
-        >>> proc = pm.spawn_with_handle(Cmd("true"))
-        >>> proc.wait().exit_status.success
-        True
-        """
-        process_id = self._call(
-            "spawn_with_handle", SpawnProcessError, lambda: self._handle.spawn(runnable)
-        )
-        return SyncProcessHandle(self, process_id)
-
-    def spawn_with_scoped_handle(self, runnable: Runnable) -> SyncScopedProcessHandle:
-        """Like :meth:`spawn`; the process is killed when the handle's ``with`` block ends.
-
-        >>> with pm.spawn_with_scoped_handle(Cmd("sleep", ["60"])) as proc:
-        ...     print(proc.get_process_info().is_running)
-        True
-        """
-        scope = self._call(
-            "spawn_with_scoped_handle",
-            SpawnProcessError,
-            lambda: self._handle.spawn_with_scoped_handle(runnable),
-        )
-        return SyncScopedProcessHandle(self, scope)
-
-    # --- state ---------------------------------------------------------------------------------
-
-    def get_process_info(self, process_id: ProcessId | str) -> ProcessInfo:
-        """A snapshot: pid, whether it runs, its exit status once it ended.
-
-        >>> pm.get_process_info(pid).is_running
-        True
-        """
-        return self._call(
-            "get_process_info",
-            GetProcessInfoError,
-            lambda: self._handle.get_process_info(process_id),
-        )
-
-    def wait(self, process_id: ProcessId | str, timeout: float | None = None) -> ExitedProcessInfo:
-        """Block until the process exits; return its final info.
-
-        After ``timeout`` seconds raises ``TimeoutError`` and leaves the process running.
-
-        >>> pm.wait(pid, timeout=5).exit_status
-        """
-        return self._call(
-            "wait", GetProcessInfoError, lambda: self._handle.wait(process_id, timeout)
-        )
-
-    def list_processes(self) -> list[ProcessId]:
-        """The ids of every process the manager knows (running, or exited and not yet killed or
-        released)."""
-        return self._call("list_processes", GetProcessInfoError, self._handle.list_processes)
-
-    # --- logs ----------------------------------------------------------------------------------
-
-    def get_logs_stdout(
-        self, process_id: ProcessId | str, query: LogsQuery = _FETCH_ALL
-    ) -> list[str]:
-        """Lines of the captured stdout selected by ``query`` (all of them by default).
-
-        See :meth:`ProcessManagerHandle.get_logs_stdout`.
-
-        >>> pm.get_logs_stdout(pid, LogsQuery.tail(10))
-        """
-        return self._call(
-            "get_logs_stdout",
-            GetLogsError,
-            lambda: self._handle.get_logs_stdout(process_id, query),
-        )
-
-    def get_logs_stderr(
-        self, process_id: ProcessId | str, query: LogsQuery = _FETCH_ALL
-    ) -> list[str]:
-        """Lines of the captured stderr; see :meth:`get_logs_stdout`."""
-        return self._call(
-            "get_logs_stderr",
-            GetLogsError,
-            lambda: self._handle.get_logs_stderr(process_id, query),
-        )
-
-    def follow_logs(
-        self, process_id: ProcessId | str, stream: LogStream = "stdout"
-    ) -> BlockingIterator[str]:
-        """An iterator over the lines of a captured stream so far, then new ones as they come.
-
-        Ends once the process has exited (or was killed) and its last line was delivered; see
-        :meth:`ProcessManagerHandle.follow_logs` (its errors are raised by the first
-        ``next()``). Leaving it early (``break``, :meth:`BlockingIterator.close`, ``with``)
-        releases the follower at once.
-
-        >>> for line in pm.follow_logs(pid, "stderr"):
-        ...     print(line)
-        """
-
-        async def open_iterator() -> AsyncIterator[str]:
-            return self._handle.follow_logs(process_id, stream)
-
-        return _iterate_blocking(self._portal, open_iterator, GetLogsError, "follow_logs()")
-
-    # --- messages ------------------------------------------------------------------------------
-
-    def send_message(self, process_id: ProcessId | str, message: Message | str | bytes) -> None:
-        """Write one message to the child's message input; blocks while the pipe is full.
-
-        See :meth:`ProcessManagerHandle.send_message`.
-        """
-        self._call(
-            "send_message",
-            WriteMessageError,
-            lambda: self._handle.send_message(process_id, message),
-        )
-
-    def subscribe_message_stream(
-        self,
-        process_id: ProcessId | str,
-        *,
-        lossless: bool = True,
-        ignore_lost_messages: bool = False,
-    ) -> BlockingIterator[Message]:
-        """A new subscriber to the child's message output, as an ordinary iterator.
-
-        The subscription starts at the call. Lossless by default; with ``lossless=False`` a
-        subscriber that fell behind gets :class:`LostMessagesError` from ``next()`` and can go
-        on calling ``next()``; with ``ignore_lost_messages=True`` losses are skipped silently.
-        See
-        :meth:`ProcessManagerHandle.subscribe_message_stream`.
-
-        >>> for message in pm.subscribe_message_stream(pid):
-        ...     print(message.deserialize(MessageFormat.JSON))
-        """
-
-        check_bool(ignore_lost_messages, "ignore_lost_messages", ReadMessageError)
-
-        async def open_iterator() -> AsyncIterator[Message]:
-            stream = await self._handle.subscribe_message_stream(process_id, lossless=lossless)
-            return stream.ignore_lost_messages() if ignore_lost_messages else stream
-
-        return _iterate_blocking(
-            self._portal, open_iterator, ReadMessageError, "subscribe_message_stream()"
-        )
-
-    def subscribe_events(
-        self, *, replay: bool = False, ignore_lost_messages: bool = False
-    ) -> BlockingIterator[ProcessEvent]:
-        """Every process's events from the subscription on, as an ordinary iterator.
-
-        See :meth:`ProcessManagerHandle.subscribe_events`.
-
-        >>> for event in pm.subscribe_events():
-        ...     print(event.kind.value, event.process_id)
-        """
-        check_bool(ignore_lost_messages, "ignore_lost_messages", GetProcessInfoError)
-
-        async def open_iterator() -> AsyncIterator[ProcessEvent]:
-            stream = await self._handle.subscribe_events(replay=replay)
-            return stream.ignore_lost_messages() if ignore_lost_messages else stream
-
-        return _iterate_blocking(
-            self._portal, open_iterator, GetProcessInfoError, "subscribe_events()"
-        )
-
-    # --- ending --------------------------------------------------------------------------------
-
-    def kill(self, process_id: ProcessId | str) -> None:
-        """SIGKILL the process's group (even when the leader already exited), reap it, delete
-        its dir, forget its id."""
-        self._call("kill", KillProcessError, lambda: self._handle.kill(process_id))
-
-    def release(self, process_id: ProcessId | str) -> None:
-        """Forget a process that has exited and delete its dir; see
-        :meth:`ProcessManagerHandle.release` (a running one raises :class:`ReleaseProcessError`).
-
-        >>> pm.wait(pid)
-        >>> pm.release(pid)
-        """
-        self._call("release", ReleaseProcessError, lambda: self._handle.release(process_id))
-
-    def terminate(self, process_id: ProcessId | str, grace: float = 5.0) -> ExitedProcessInfo:
-        """SIGTERM the process group; SIGKILL it if the child still runs after ``grace`` s.
-
-        Returns the final info; the process stays known until :meth:`release` or :meth:`kill`.
-        """
-        return self._call(
-            "terminate", KillProcessError, lambda: self._handle.terminate(process_id, grace)
-        )
-
-    def send_signal(
-        self, process_id: ProcessId | str, sig: int | str, *, group: bool = False
-    ) -> None:
-        """Send ``sig`` to the child, or with ``group=True`` to its whole process group.
-
-        >>> pm.send_signal(pid, signal.SIGHUP)
-        """
-        self._call(
-            "send_signal",
-            KillProcessError,
-            lambda: self._handle.send_signal(process_id, sig, group=group),
-        )
-
-    def abort(self, grace: float = 0.5) -> None:
-        """Terminate every process (SIGKILL after ``grace`` s) and stop the manager.
-
-        The background thread keeps running until :meth:`close`; every later call raises an
-        error that is a :class:`ManagerAbortedError` (so does a second ``abort()``).
-        """
-        self._call("abort", ManagerAbortedError, lambda: self._handle.abort(grace))
 
     def close(self) -> None:
         """Abort the manager (if not done yet), stop the background loop, join its thread.
@@ -741,13 +598,14 @@ class SyncProcessManager:
 # --- process handles ------------------------------------------------------------------------------
 
 
-class SyncProcessHandle:
+class SyncProcessHandle(SyncProcessMethods):
     """A :class:`SyncProcessManager` bound to one process: the same methods without the id.
 
     Dropping it does nothing to the process.
 
     >>> proc = pm.spawn_with_handle(Cmd("sleep", ["60"]))
-    >>> proc.terminate(grace=1.0).exit_status
+    >>> proc.terminate(grace=1.0).exit_status.signal == signal.SIGTERM
+    True
     """
 
     __slots__ = ("_manager", "id")
@@ -761,54 +619,6 @@ class SyncProcessHandle:
     def manager(self) -> SyncProcessManager:
         """The manager."""
         return self._manager
-
-    def get_process_info(self) -> ProcessInfo:
-        """See :meth:`SyncProcessManager.get_process_info`."""
-        return self._manager.get_process_info(self.id)
-
-    def wait(self, timeout: float | None = None) -> ExitedProcessInfo:
-        """See :meth:`SyncProcessManager.wait`."""
-        return self._manager.wait(self.id, timeout)
-
-    def kill(self) -> None:
-        """See :meth:`SyncProcessManager.kill`."""
-        self._manager.kill(self.id)
-
-    def release(self) -> None:
-        """See :meth:`SyncProcessManager.release`."""
-        self._manager.release(self.id)
-
-    def terminate(self, grace: float = 5.0) -> ExitedProcessInfo:
-        """See :meth:`SyncProcessManager.terminate`."""
-        return self._manager.terminate(self.id, grace)
-
-    def send_signal(self, sig: int | str, *, group: bool = False) -> None:
-        """See :meth:`SyncProcessManager.send_signal`."""
-        self._manager.send_signal(self.id, sig, group=group)
-
-    def get_logs_stdout(self, query: LogsQuery = _FETCH_ALL) -> list[str]:
-        """See :meth:`SyncProcessManager.get_logs_stdout`."""
-        return self._manager.get_logs_stdout(self.id, query)
-
-    def get_logs_stderr(self, query: LogsQuery = _FETCH_ALL) -> list[str]:
-        """See :meth:`SyncProcessManager.get_logs_stderr`."""
-        return self._manager.get_logs_stderr(self.id, query)
-
-    def send_message(self, message: Message | str | bytes) -> None:
-        """See :meth:`SyncProcessManager.send_message`."""
-        self._manager.send_message(self.id, message)
-
-    def subscribe_message_stream(
-        self, *, lossless: bool = True, ignore_lost_messages: bool = False
-    ) -> BlockingIterator[Message]:
-        """See :meth:`SyncProcessManager.subscribe_message_stream`."""
-        return self._manager.subscribe_message_stream(
-            self.id, lossless=lossless, ignore_lost_messages=ignore_lost_messages
-        )
-
-    def follow_logs(self, stream: LogStream = "stdout") -> BlockingIterator[str]:
-        """See :meth:`SyncProcessManager.follow_logs`."""
-        return self._manager.follow_logs(self.id, stream)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.id})"
@@ -843,7 +653,7 @@ class SyncScopedProcessHandle(SyncProcessHandle):
         # Already killed, or the manager is closed: the process is gone too.
         with contextlib.suppress(ProcessNotFoundError, ManagerAbortedError):
             self._manager._call(
-                "kill",
+                "kill()",
                 KillProcessError,
                 lambda: self._scope.__aexit__(exc_type, exc, tb),
             )

@@ -5,12 +5,12 @@ a fresh UUID, so they never collide). Each manager holds a shared ``flock`` on t
 as long as it lives. At start a manager first tries for the lock exclusively: if it gets
 it, no other manager is alive, so process dirs already present were left by one that crashed
 (SIGKILL, power loss). Those are reported (a ``corral`` logger warning, and
-``ProcessManagerHandle.stale_process_dirs``) and, with ``remove_stale=True``, removed.
+``ProcessManagerHandle.stale_process_dirs``) and, with ``remove_stale=True``, removed. Where there
+is no ``flock``, no manager can tell it is alone, and none are (see :mod:`corral._platform`).
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import shutil
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from . import _guardian as guardian
 from ._model import ensure_mode
+from ._platform import lock_dir_shared, share_dir_lock, try_lock_dir_exclusive
 from ._spawn import retry_unremoved
 
 __all__ = ["WorkingDir"]
@@ -42,23 +43,6 @@ def _check_writable(path: Path) -> None:
         raise NotADirectoryError(20, "working dir is not a directory", str(path))
     # access() says yes to root on a read-only file system; a real probe does not lie.
     os.rmdir(tempfile.mkdtemp(prefix=".corral-probe-", dir=path))
-
-
-def _lock(path: Path, operation: int, *, wait: bool) -> int | None:
-    """Open ``path`` and ``flock`` it; None if that would block and ``wait`` is false.
-
-    The lock is on the directory itself: no file to create, clean up or race on.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, operation if wait else operation | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 class WorkingDir:
@@ -90,7 +74,7 @@ class WorkingDir:
         path = Path(path).absolute()
         _check_writable(path)
         stale: tuple[Path, ...] = ()
-        fd = _lock(path, fcntl.LOCK_EX, wait=False)
+        fd = try_lock_dir_exclusive(path)
         if fd is not None:  # alone here: any process dir is a leftover
             stale = tuple(sorted(p for p in path.iterdir() if _is_process_dir(p)))
             if stale:
@@ -106,11 +90,10 @@ class WorkingDir:
                 if remove_stale:
                     for leftover in stale:
                         shutil.rmtree(leftover, ignore_errors=True)
-            fcntl.flock(fd, fcntl.LOCK_SH)  # others may join now
+            share_dir_lock(fd)  # others may join now
         else:  # another live manager holds it: its dirs are not ours to judge
             # Waits only while another manager is checking for leftovers: short.
-            fd = _lock(path, fcntl.LOCK_SH, wait=True)
-            assert fd is not None
+            fd = lock_dir_shared(path)
         return cls(path, owned=False, lock_fd=fd, stale=stale)
 
     def release(self) -> None:

@@ -1,5 +1,4 @@
-"""What differs per platform, behind one small interface: how the manager learns a child exited,
-and how it tells whether a process group it led is still its own.
+"""How the manager learns that a child exited.
 
 On Linux (5.3+) each child gets a pidfd (``os.pidfd_open``): no thread, no polling, no SIGCHLD
 handler, and thousands of children cost one fd each. A manager's pidfds go into one epoll of its
@@ -11,13 +10,6 @@ status back with ``call_soon_threadsafe`` (what asyncio's ``ThreadedChildWatcher
 
 Reaping goes through ``Popen.poll()`` / ``Popen.wait()`` so that ``Popen`` knows the child is
 gone and never signals or waits on a pid that could have been reused.
-
-A child's process group outlives the child while anything the child started still runs in it. Its
-id stays reserved as long as one member lives: POSIX reuses no pid that is still a process group
-id. Once every member is gone the number is free, and a later process may get it as its pid and
-lead a group of that id. So a group whose leader was reaped is signalled only if no process has
-its id as pid: such a process would mean the number was reused, hence that the group we led is
-empty (:func:`signal_reaped_group`).
 """
 
 from __future__ import annotations
@@ -30,7 +22,7 @@ import subprocess
 import threading
 from collections.abc import Callable
 
-__all__ = ["HAS_PIDFD", "ExitWatch", "ExitWatcher", "reaped_group_alive", "signal_reaped_group"]
+__all__ = ["HAS_PIDFD", "ExitWatch", "ExitWatcher"]
 
 
 def _probe_pidfd() -> bool:
@@ -49,74 +41,6 @@ HAS_PIDFD = _probe_pidfd()
 
 #: waitid() flags that ask, without waiting or reaping, whether a child has exited.
 _EXITED_NOW = os.WEXITED | os.WNOHANG | os.WNOWAIT if HAS_PIDFD else 0
-
-#: Where the state and group of every process can be read (Linux).
-_PROC = "/proc"
-HAS_PROC = os.path.isfile(f"{_PROC}/self/stat")
-
-
-def _pid_in_use(pid: int) -> bool:
-    """Whether a process (or a thread: ids are shared) has ``pid`` as its id."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: someone else's process
-        return True
-    return True
-
-
-def signal_reaped_group(pgid: int, sig: int) -> bool:
-    """Send ``sig`` (0: only probe) to what is left of group ``pgid``, whose leader we reaped.
-
-    False, signalling nothing, when the group is gone for good: no member is left, or a process
-    has ``pgid`` as its pid, so the number was reused and the group we led is empty (a group's id
-    is never handed out as a pid while a member lives). The two checks are not atomic: the number
-    would have to be freed, reused and made a group's id in between, within microseconds.
-    """
-    if _pid_in_use(pgid):
-        return False
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: members that changed their uid; nothing this process can do
-        return True
-    return True
-
-
-def _has_live_member(pgid: int) -> bool:
-    """Whether a process that is not a zombie has ``pgid`` as its group (Linux, from /proc)."""
-    with os.scandir(_PROC) as entries:
-        for entry in entries:
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"{_PROC}/{entry.name}/stat", "rb") as f:
-                    text = f.read()
-            except OSError:  # gone meanwhile
-                continue
-            # The name (field 2) is in parentheses and may hold anything: split after it.
-            state, _, group = text[text.rindex(b")") + 2 :].split(maxsplit=3)[:3]
-            if int(group) == pgid and state not in (b"Z", b"X"):
-                return True
-    return False
-
-
-def reaped_group_alive(pgid: int) -> bool:
-    """Whether group ``pgid``, whose leader we reaped, still has a member that runs.
-
-    Zombies do not count: they wait for their parent (often init, which may reap them seconds
-    later) and run no more. Without /proc a zombie counts as a member.
-    """
-    if not signal_reaped_group(pgid, 0):
-        return False
-    if not HAS_PROC:
-        return True
-    try:
-        return _has_live_member(pgid)
-    except OSError:  # /proc unreadable (out of fds): assume the worst, the caller escalates
-        return True
 
 
 class ExitWatch:

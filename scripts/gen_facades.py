@@ -257,7 +257,7 @@ def process_methods(operations: list[Operation]) -> str:
         if not op.per_process:
             continue
         doc = f"{_summary(op.doc)}\n\nSee :meth:`ProcessManagerHandle.{op.name}`."
-        call = f"self._handle.{op.name}(self.id, {_call_args(op.arg_names, True)})"
+        call = f"self._manager.{op.name}(self.id, {_call_args(op.arg_names, True)})"
         call = call.replace(", )", ")")
         body = f"return await {call}" if op.is_async else f"return {call}"
         out.append(_method(op.name, op.params[1:], op.returns, doc, body, is_async=op.is_async))
@@ -265,7 +265,7 @@ def process_methods(operations: list[Operation]) -> str:
         "ProcessMethods",
         "The methods of :class:`ProcessHandle`: each operation of a\n"
         ":class:`ProcessManagerHandle` that takes a process id, bound to ``self.id``.",
-        ["_handle: ProcessManagerHandle", "id: ProcessId"],
+        ["_manager: ProcessManagerHandle", "id: ProcessId"],
         out,
     )
 
@@ -337,16 +337,14 @@ def sync_process_methods(operations: list[Operation]) -> str:
     )
 
 
-def _class(name: str, doc: str, declarations: list[str], methods: list[str]) -> str:
-    declared = "\n".join(declarations)
-    body = "\n".join(methods)
-    return (
-        f"class {name}:\n"
-        f"{textwrap.indent(_docstring(doc), '    ')}\n\n"
-        f"    __slots__ = ()\n\n"
-        f"    if TYPE_CHECKING:\n{textwrap.indent(declared, '        ')}\n\n"
-        f"{textwrap.indent(body, '    ')}"
-    )
+def _class(name: str, doc: str, declarations: list[str] | None, methods: list[str]) -> str:
+    """A class named ``name`` (bases included), with what it expects of the class it is mixed
+    into declared for the type checker."""
+    head = f"class {name}:\n{textwrap.indent(_docstring(doc), '    ')}\n\n    __slots__ = ()\n\n"
+    if declarations:
+        declared = textwrap.indent("\n".join(declarations), "        ")
+        head += f"    if TYPE_CHECKING:\n{declared}\n\n"
+    return head + textwrap.indent("\n".join(methods), "    ")
 
 
 def _imports(code: str) -> str:

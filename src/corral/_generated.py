@@ -55,7 +55,7 @@ class ProcessMethods:
     __slots__ = ()
 
     if TYPE_CHECKING:
-        _handle: ProcessManagerHandle
+        _manager: ProcessManagerHandle
         id: ProcessId
 
     async def get_process_info(self) -> ProcessInfo:
@@ -63,42 +63,42 @@ class ProcessMethods:
 
         See :meth:`ProcessManagerHandle.get_process_info`.
         """
-        return await self._handle.get_process_info(self.id)
+        return await self._manager.get_process_info(self.id)
 
     async def wait(self, timeout: float | None = None) -> ExitedProcessInfo:
         """Wait for the process to exit and return its final info (its ``exit_status`` set).
 
         See :meth:`ProcessManagerHandle.wait`.
         """
-        return await self._handle.wait(self.id, timeout)
+        return await self._manager.wait(self.id, timeout)
 
     async def get_logs_stdout(self, query: LogsQuery = FETCH_ALL) -> list[str]:
         """Lines of the captured stdout selected by ``query`` (all of them by default).
 
         See :meth:`ProcessManagerHandle.get_logs_stdout`.
         """
-        return await self._handle.get_logs_stdout(self.id, query)
+        return await self._manager.get_logs_stdout(self.id, query)
 
     async def get_logs_stderr(self, query: LogsQuery = FETCH_ALL) -> list[str]:
         """Lines of the captured stderr; see :meth:`get_logs_stdout`.
 
         See :meth:`ProcessManagerHandle.get_logs_stderr`.
         """
-        return await self._handle.get_logs_stderr(self.id, query)
+        return await self._manager.get_logs_stderr(self.id, query)
 
     def follow_logs(self, stream: LogStream = "stdout") -> AsyncIterator[str]:
         """The lines of a captured stream so far, then new ones as the child writes them.
 
         See :meth:`ProcessManagerHandle.follow_logs`.
         """
-        return self._handle.follow_logs(self.id, stream)
+        return self._manager.follow_logs(self.id, stream)
 
     async def send_message(self, message: Message | str | bytes) -> None:
         """Write one message (one line; ``\\n`` added when missing) to the child's message input.
 
         See :meth:`ProcessManagerHandle.send_message`.
         """
-        return await self._handle.send_message(self.id, message)
+        return await self._manager.send_message(self.id, message)
 
     async def subscribe_message_stream(
         self, *, lossless: bool = True, ignore_lost_messages: bool = False
@@ -107,7 +107,7 @@ class ProcessMethods:
 
         See :meth:`ProcessManagerHandle.subscribe_message_stream`.
         """
-        return await self._handle.subscribe_message_stream(
+        return await self._manager.subscribe_message_stream(
             self.id, lossless=lossless, ignore_lost_messages=ignore_lost_messages
         )
 
@@ -117,28 +117,28 @@ class ProcessMethods:
 
         See :meth:`ProcessManagerHandle.kill`.
         """
-        return await self._handle.kill(self.id)
+        return await self._manager.kill(self.id)
 
     async def release(self) -> None:
         """Forget a process that has exited and delete its dir (logs included).
 
         See :meth:`ProcessManagerHandle.release`.
         """
-        return await self._handle.release(self.id)
+        return await self._manager.release(self.id)
 
     async def terminate(self, grace: float = 5.0) -> ExitedProcessInfo:
         """SIGTERM the process group; SIGKILL it if the child still runs after ``grace`` s.
 
         See :meth:`ProcessManagerHandle.terminate`.
         """
-        return await self._handle.terminate(self.id, grace)
+        return await self._manager.terminate(self.id, grace)
 
     async def send_signal(self, sig: int | str, *, group: bool = False) -> None:
         """Send ``sig`` to the child, or with ``group=True`` to its whole process group.
 
         See :meth:`ProcessManagerHandle.send_signal`.
         """
-        return await self._handle.send_signal(self.id, sig, group=group)
+        return await self._manager.send_signal(self.id, sig, group=group)
 
 
 class SyncManagerMethods:

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ._arguments import check_bool, check_process_id, check_signal, check_timeout
+from ._bound import Bound
 from ._broadcast import ItemStream, MessageStream
 from ._errors import (
     CorralError,
     GetLogsError,
-    GetProcessInfoError,
     ManagerAbortedError,
     ProcessNotFoundError,
     SerdeError,
@@ -56,7 +56,7 @@ from ._requests import (
 from ._supervision import ProcessEvent
 
 if TYPE_CHECKING:
-    from types import TracebackType
+    pass
 
 __all__ = ["ProcessHandle", "ProcessManagerHandle", "ScopedProcessHandle"]
 
@@ -439,36 +439,18 @@ class ProcessManagerHandle:
     async def __aenter__(self) -> ProcessManagerHandle:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         with contextlib.suppress(ManagerAbortedError):
             await self.abort()
 
 
-class ProcessHandle(ProcessMethods):
+class ProcessHandle(Bound[ProcessManagerHandle], ProcessMethods):
     """A :class:`ProcessManagerHandle` bound to one process: the same methods without the id.
 
     Dropping it does nothing to the process.
     """
 
-    __slots__ = ("_handle", "id")
-
-    def __init__(self, handle: ProcessManagerHandle, process_id: ProcessId | str) -> None:
-        self._handle = handle
-        #: The process this handle is bound to.
-        self.id = check_process_id(process_id, GetProcessInfoError)
-
-    @property
-    def manager(self) -> ProcessManagerHandle:
-        """The manager's handle."""
-        return self._handle
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.id})"
+    __slots__ = ()
 
 
 class ScopedProcessHandle(ProcessHandle):
@@ -490,12 +472,7 @@ class ScopedProcessHandle(ProcessHandle):
     async def __aenter__(self) -> ScopedProcessHandle:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self._done = True
         # Already killed, or the manager is gone: the process is gone too.
         with contextlib.suppress(ProcessNotFoundError, ManagerAbortedError):
@@ -504,4 +481,4 @@ class ScopedProcessHandle(ProcessHandle):
     def __del__(self) -> None:
         if not getattr(self, "_done", True):
             self._done = True
-            self._handle._post_nowait(Kill(self.id))
+            self._manager._post_nowait(Kill(self.id))

@@ -55,13 +55,12 @@ import contextlib
 import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 
-from ._arguments import check_process_id
+from ._bound import Bound
 from ._broadcast import ItemStream, MessageStream
 from ._errors import (
     CorralError,
-    GetProcessInfoError,
     KillProcessError,
     ManagerAbortedError,
     ProcessNotFoundError,
@@ -74,7 +73,7 @@ from ._messages import Message, MessageFormat
 from ._model import ProcessId
 
 if TYPE_CHECKING:
-    from types import TracebackType
+    pass
 
 __all__ = [
     "BlockingIterator",
@@ -250,7 +249,22 @@ async def _aclose(iterator: AsyncIterator[Any]) -> None:
         await aclose()
 
 
-class BlockingIterator(Iterator[T]):
+class _Closing:
+    """``with x:`` closes ``x`` at the end of the block."""
+
+    __slots__ = ()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class BlockingIterator(_Closing, Iterator[T]):
     """An ordinary iterator over an async iterator that lives on a manager's background loop.
 
     Each ``next()`` runs one ``anext`` on that loop and blocks for it; ``StopAsyncIteration``
@@ -310,17 +324,6 @@ class BlockingIterator(Iterator[T]):
         # Refused once the manager is closed: its loop closed every async generator left open.
         with contextlib.suppress(ManagerAbortedError):
             self._portal.call(lambda: _aclose(iterator), self._error, f"{self._what} close()")
-
-    def __enter__(self) -> BlockingIterator[T]:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __del__(self) -> None:
         iterator = getattr(self, "_iterator", None)
@@ -441,7 +444,7 @@ async def _start_manager(working_dir: str | os.PathLike[str] | None) -> ProcessM
     return ProcessManager.spawn(working_dir)
 
 
-class SyncProcessManager(SyncManagerMethods):
+class SyncProcessManager(_Closing, SyncManagerMethods):
     """A process manager for code without an event loop: the async API, blocking.
 
     Runs a :class:`ProcessManager` on an event loop of its own, on a daemon thread, and offers the
@@ -579,17 +582,6 @@ class SyncProcessManager(SyncManagerMethods):
         self._closed = True
         self._portal.forget_after_fork()
 
-    def __enter__(self) -> SyncProcessManager:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<{type(self).__name__} {state}>"
@@ -598,7 +590,7 @@ class SyncProcessManager(SyncManagerMethods):
 # --- process handles ------------------------------------------------------------------------------
 
 
-class SyncProcessHandle(SyncProcessMethods):
+class SyncProcessHandle(Bound[SyncProcessManager], SyncProcessMethods):
     """A :class:`SyncProcessManager` bound to one process: the same methods without the id.
 
     Dropping it does nothing to the process.
@@ -608,20 +600,7 @@ class SyncProcessHandle(SyncProcessMethods):
     True
     """
 
-    __slots__ = ("_manager", "id")
-
-    def __init__(self, manager: SyncProcessManager, process_id: ProcessId | str) -> None:
-        self._manager = manager
-        #: The process this handle is bound to.
-        self.id = check_process_id(process_id, GetProcessInfoError)
-
-    @property
-    def manager(self) -> SyncProcessManager:
-        """The manager."""
-        return self._manager
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.id})"
+    __slots__ = ()
 
 
 class SyncScopedProcessHandle(SyncProcessHandle):
@@ -644,16 +623,11 @@ class SyncScopedProcessHandle(SyncProcessHandle):
     def __enter__(self) -> SyncScopedProcessHandle:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: Any) -> None:
         # Already killed, or the manager is closed: the process is gone too.
         with contextlib.suppress(ProcessNotFoundError, ManagerAbortedError):
             self._manager._call(
                 "kill()",
                 KillProcessError,
-                lambda: self._scope.__aexit__(exc_type, exc, tb),
+                lambda: self._scope.__aexit__(*exc_info),
             )

@@ -177,8 +177,11 @@ class ReceiveMessageError(CorralError):
 
 
 class AbortError(CorralError):
-    """``abort`` failed: a bad ``grace``, or the manager was aborted already (then it is also a
-    :class:`ManagerAbortedError`)."""
+    """``abort`` failed: a bad ``grace``, or the manager was aborted already.
+
+    A second ``abort`` raises an error that is also a :class:`ManagerAbortedError`; a bad
+    ``grace`` one that is an :class:`InvalidArgumentError`, and the manager runs on.
+    """
 
 
 def _from(process_id: ProcessId | None) -> str:

@@ -12,6 +12,8 @@ import subprocess
 import sys
 import traceback
 import typing
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -118,11 +120,8 @@ def test_subclasses() -> None:
     assert not issubclass(AbortError, ManagerAbortedError)
 
 
-def _drawn_tree() -> dict[str, str | None]:
-    """The tree drawn in ``corral._errors``'s docstring: each class's name -> its parent's."""
-    doc = errors_module.__doc__
-    assert doc is not None
-    block = doc.split("::\n\n", 1)[1].split("\n\n", 1)[0]
+def _drawn_tree(block: str) -> dict[str, str | None]:
+    """A tree of classes drawn as text: each class's name -> its parent's."""
     parents: dict[str, str | None] = {}
     stack: list[tuple[int, str]] = []  # (column of the name, name), from the root down
     for line in block.splitlines():
@@ -138,8 +137,20 @@ def _drawn_tree() -> dict[str, str | None]:
     return parents
 
 
-def test_the_drawn_tree_is_the_real_one() -> None:
-    parents = _drawn_tree()
+def _docstring_tree() -> str:
+    doc = errors_module.__doc__
+    assert doc is not None
+    return doc.split("::\n\n", 1)[1].split("\n\n", 1)[0]
+
+
+def _documented_tree() -> str:
+    page = (Path(__file__).parent.parent / "docs" / "errors.md").read_text(encoding="utf-8")
+    return page.split("```text\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.parametrize("drawing", [_docstring_tree, _documented_tree])
+def test_the_drawn_tree_is_the_real_one(drawing: Callable[[], str]) -> None:
+    parents = _drawn_tree(drawing())
     assert sorted(parents) == sorted(cls.__name__ for cls in EXPORTED_ERRORS)
     for name, parent in parents.items():
         cls = getattr(corral, name)

@@ -336,9 +336,10 @@ def _combined(operation: type[CorralError], shared: type[Exception]) -> Any:
             bases = (operation, shared)
             doc = shared.__doc__
         namespace = {"__module__": "corral", "__qualname__": name, "__doc__": doc}
-        cls = _CombinedErrorType(name, bases, namespace)
-        _COMBINED[operation, shared] = cls
-        _PAIRS[cls] = (operation, shared)
+        made = _CombinedErrorType(name, bases, namespace)
+        _PAIRS[made] = (operation, shared)
+        # Two threads may make the same pair at once: both get the class stored first.
+        cls = _COMBINED.setdefault((operation, shared), made)
     return cls
 
 

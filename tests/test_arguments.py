@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from corral import (
+    AbortError,
     Cmd,
     CmdOptions,
     CorralError,
@@ -26,6 +27,7 @@ from corral import (
     ExitStatus,
     GetLogsError,
     GetProcessInfoError,
+    InvalidArgumentError,
     KillProcessError,
     LoggingType,
     LogsQuery,
@@ -172,12 +174,15 @@ def _arguments(
 
 
 def _check_refusal(exc: BaseException) -> None:
-    """A refused call raises one of corral's errors (also TypeError/ValueError when typed)."""
+    """A refused call raises one of corral's errors (also TypeError/ValueError when typed, and
+    then an InvalidArgumentError, never a ManagerAbortedError)."""
     if isinstance(exc, TimeoutError):
         return
     assert isinstance(exc, CorralError), f"{type(exc).__mro__}: {exc}"
     if isinstance(exc, TypeError | ValueError):
         assert str(exc)
+        assert isinstance(exc, InvalidArgumentError), f"{type(exc).__mro__}: {exc}"
+        assert not isinstance(exc, ManagerAbortedError), f"{type(exc).__mro__}: {exc}"
 
 
 async def _close(result: Any) -> None:
@@ -335,9 +340,13 @@ async def test_timeouts_and_graces_are_checked(manager: ProcessManagerHandle) ->
         with pytest.raises(KillProcessError) as refused:
             await manager.terminate(pid, grace=bad)
         assert isinstance(refused.value, kind)
-        with pytest.raises(ManagerAbortedError) as not_aborted:
+        assert isinstance(refused.value, InvalidArgumentError)
+        # A refused grace is abort's own error: the manager is not gone.
+        with pytest.raises(AbortError) as not_aborted:
             await manager.abort(grace=bad)
         assert isinstance(not_aborted.value, kind)
+        assert isinstance(not_aborted.value, InvalidArgumentError)
+        assert not isinstance(not_aborted.value, ManagerAbortedError)
     assert (await manager.get_process_info(pid)).is_running
 
 

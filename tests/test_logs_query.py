@@ -8,7 +8,6 @@ piece after a final newline, each piece decoded with ``errors="replace"``. Not
 from __future__ import annotations
 
 import dataclasses
-import doctest
 import os
 import threading
 from collections.abc import Iterator
@@ -72,12 +71,6 @@ def small_log_file(path: Path, block_size: int, index_step: int, scan_size: int)
 
 
 # --- LogsQuery --------------------------------------------------------------------------------
-
-
-def test_module_doctests_pass() -> None:
-    result = doctest.testmod(logs_module)
-    assert result.attempted > 0
-    assert result.failed == 0
 
 
 @pytest.mark.parametrize("form", FORMS)

@@ -12,12 +12,14 @@ exit code 0
 
 from ._broadcast import BatchStream, ItemStream, MessageStream
 from ._errors import (
+    AbortError,
     CmdError,
     CmdOptionsError,
     CorralError,
     GetLogsError,
     GetProcessInfoError,
     IncompleteMessageError,
+    InvalidArgumentError,
     KillProcessError,
     LoggingNotConfiguredError,
     LostMessagesError,
@@ -37,6 +39,7 @@ from ._handle import ProcessHandle, ProcessManagerHandle, ScopedProcessHandle
 from ._logs import LogsQuery
 from ._manager import ProcessManager
 from ._messages import Message, MessageFormat
+from ._metadata import fixup_module_metadata
 from ._model import (
     INPUT_PIPE_ENV_NAME,
     OUTPUT_PIPE_ENV_NAME,
@@ -75,6 +78,7 @@ __all__ = [
     "OUTPUT_PIPE_ENV_NAME",
     "PROCESS_DATA_DIR_ENV_NAME",
     "SCRIPT_FILE_PATH_PLACEHOLDER",
+    "AbortError",
     "Backoff",
     "BatchStream",
     "BlockingItemStream",
@@ -91,6 +95,7 @@ __all__ = [
     "GetLogsError",
     "GetProcessInfoError",
     "IncompleteMessageError",
+    "InvalidArgumentError",
     "ItemStream",
     "KillProcessError",
     "LoggingNotConfiguredError",
@@ -130,3 +135,7 @@ __all__ = [
     "WriteMessageError",
     "__version__",
 ]
+
+
+fixup_module_metadata(__name__, globals(), __all__)
+del fixup_module_metadata

@@ -1,11 +1,13 @@
 """The checks every public call makes on its arguments, on the caller's side, before anything is
 sent to the manager.
 
-A wrong type raises an error that is both ``TypeError`` and the operation's error class, a bad
-value one that is both ``ValueError`` and that class (see :func:`corral._errors.bad_argument`):
-``except KillProcessError`` and ``except TypeError`` both catch a bad ``kill`` argument. A call
-with a bad argument therefore fails at once, and a request that reaches the actor is one it can
-answer.
+A wrong type raises an error that is ``TypeError``, :class:`~corral.InvalidArgumentError` and the
+operation's error class, a bad value one that is ``ValueError``, ``InvalidArgumentError`` and
+that class (see :func:`corral._errors.bad_argument`): ``except KillProcessError``, ``except
+InvalidArgumentError`` and ``except TypeError`` all catch a bad ``kill`` argument. A call with a
+bad argument therefore fails at once, and a request that reaches the actor is one it can answer.
+The operation class of :meth:`~corral.ProcessManagerHandle.abort` is :class:`~corral.AbortError`
+(a refused argument is never a :class:`~corral.ManagerAbortedError`).
 """
 
 from __future__ import annotations

@@ -101,10 +101,10 @@ class Message:
 
     >>> Message.from_string("héllo").to_bytes()
     b'h\\xc3\\xa9llo'
-    >>> Message.from_bytes(b"\\xff").to_string()
+    >>> Message.from_bytes(b"\\xff").to_string()  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    corral._errors.SerdeError: message is not valid UTF-8: ...
+    corral.SerdeError: message is not valid UTF-8: ...
     """
 
     __slots__ = ("_data",)
@@ -142,10 +142,10 @@ class Message:
         infinity: a float that is not finite raises :class:`SerdeError` in JSON, rather than
         come out as ``null``; the MessagePack formats carry it exactly.
 
-        >>> Message.from_serializable({"x": float("nan")}, "json")
+        >>> Message.from_serializable({"x": float("nan")}, "json")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        corral._errors.SerdeError: cannot serialize dict as json: JSON cannot hold nan ...
+        corral.SerdeError: cannot serialize dict as json: JSON cannot hold nan ...
         """
         fmt = as_format(fmt)
         try:
@@ -202,7 +202,7 @@ class Message:
         >>> Message.from_string('{"id": "7"}').deserialize("json", Job)
         Traceback (most recent call last):
         ...
-        corral._errors.SerdeError: message does not match Job: Expected `int`, got `str` - at `$.id`
+        corral.SerdeError: message does not match Job: Expected `int`, got `str` - at `$.id`
         """
         fmt = as_format(fmt)
         decoder = _decoder(fmt, type)
@@ -280,7 +280,7 @@ def encode_outgoing(message: Message | str | bytes | bytearray | memoryview) -> 
     >>> encode_outgoing("a\\nb")
     Traceback (most recent call last):
     ...
-    corral._errors.SerdeError: a message must be a single line: found a newline at byte 1 of 3
+    corral.SerdeError: a message must be a single line: found a newline at byte 1 of 3
     """
     if isinstance(message, Message):
         data = message.to_bytes()

@@ -513,7 +513,7 @@ class CmdOptions:
     >>> opts.output_buffer_capacity = 0
     Traceback (most recent call last):
     ...
-    corral._errors.CmdOptionsError: output_buffer_capacity must be an int from 1 to 1048576, not 0
+    corral.CmdOptionsError: output_buffer_capacity must be an int from 1 to 1048576, not 0
     """
 
     #: Working directory of the child (``None``: the parent's).
@@ -764,6 +764,7 @@ class Cmd:
 class ScriptRunConfig:
     """How to run a script file: ``cmd`` with ``args``, where ``@FILE_PATH`` is the file.
 
+    >>> from pathlib import Path
     >>> ScriptRunConfig("deno", ["run", "@FILE_PATH"], "ts").argv(Path("/p/script.ts"))
     ['deno', 'run', '/p/script.ts']
     """

@@ -9,7 +9,9 @@ The command line is parsed with the standard library's ``argparse``: two subcomm
 handful of options stay small in it, and it adds no dependency to a library whose users may
 only ever import it. The terminal side (colors, the live status table, the demo's progress
 display) uses ``rich``, which also prints plainly when stdout is not a terminal and honours
-``NO_COLOR``.
+``NO_COLOR``. ``rich`` comes with the ``cli`` extra (``pip install 'corral[cli]'``), not with
+the library: without it the command says so and exits with status 1, and ``import corral``
+never imports it.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
+if TYPE_CHECKING:
+    from ._cli_console import PipeAwareConsole
 
 __all__ = ["main"]
 
@@ -32,13 +36,11 @@ EXIT_USAGE = 2
 #: by SIGPIPE.
 EXIT_BROKEN_PIPE = 128 + 13
 
+#: Exit status when the ``cli`` extra is not installed.
+EXIT_MISSING_EXTRA = 1
 
-class _Console(Console):
-    """rich's console, letting a closed stdout raise ``BrokenPipeError`` (rich would exit 1)."""
-
-    def on_broken_pipe(self) -> None:
-        self.quiet = True
-        raise BrokenPipeError
+#: What the command says when ``rich`` cannot be imported.
+MISSING_EXTRA = "the corral command line needs the cli extra: pip install 'corral[cli]'"
 
 
 def _positive_int(text: str) -> int:
@@ -136,7 +138,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_command(args: argparse.Namespace) -> int:
+def _console_class() -> type[PipeAwareConsole] | None:
+    """The CLI's console class, or None (said on stderr) when ``rich`` is not installed."""
+    try:
+        from ._cli_console import PipeAwareConsole
+    except ImportError as exc:
+        print(f"{MISSING_EXTRA}\n({exc})", file=sys.stderr)
+        return None
+    return PipeAwareConsole
+
+
+def _run_command(args: argparse.Namespace, console_class: type[PipeAwareConsole]) -> int:
     from ._cli_run import ConfigError, RunOptions, default_file, load_specs, run
 
     try:
@@ -160,7 +172,7 @@ def _run_command(args: argparse.Namespace) -> int:
             logs_dir=logs_dir,
             status=args.status,
         )
-        console = _Console(
+        console = console_class(
             color_system=None if args.no_color else "auto", highlight=False, soft_wrap=True
         )
         return run(specs, options, console)
@@ -170,18 +182,22 @@ def _run_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``corral`` command; returns its exit status.
+    """Entry point of the ``corral`` command; returns its exit status (1, with a message on
+    stderr, when the ``cli`` extra is not installed).
 
     >>> main(["run", "--only", "web", "Procfile"])  # doctest: +SKIP
     0
     """
     args = _parser().parse_args(argv)
+    console_class = _console_class()
+    if console_class is None:
+        return EXIT_MISSING_EXTRA
     try:
         if args.command == "run":
-            return _run_command(args)
+            return _run_command(args, console_class)
         from ._cli_demo import demo
 
-        return demo(args.count, _Console(highlight=False))
+        return demo(args.count, console_class(highlight=False))
     except BrokenPipeError:  # stdout closed early: stop quietly
         with contextlib.suppress(OSError, ValueError):  # the interpreter's last flush too
             devnull = os.open(os.devnull, os.O_WRONLY)

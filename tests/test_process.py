@@ -48,7 +48,7 @@ from corral import (
 )
 from corral._platform import HAS_PIDFD, ExitWatcher
 from corral._process import ManagedProcess
-from corral._spawn import SpawnedChild, spawn_child, start_child
+from corral._spawn import SpawnedChild, discard_child, spawn_child, start_child
 from corral._supervision import EventKind, EventRecord
 
 SPAWNED, EXITED, RESTARTING, GAVE_UP, KILLED, RELEASED = (
@@ -527,3 +527,33 @@ async def test_close_releases_every_fd_and_the_process_dir(harness: Harness, end
     assert not process.process_dir.exists()
     assert harness.kinds(process) == [SPAWNED, EXITED, event]
     assert await collect(stream.strings()) == []  # the subscription ended
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: when ManagedProcess cannot watch its first run (ExitWatcher.watch raises, as "
+    "it does with no thread to be had), _Run.__init__ undoes the guardian registration but not "
+    "the MessageReader it already started: the loop keeps a reader on the child's output fd, "
+    "which discard_child then closes. The next fd opened with that number and watched with "
+    "add_reader is never polled (asyncio only swaps the callback of the stale key), so a later "
+    "process's messages never arrive.",
+)
+async def test_a_process_that_cannot_be_watched_leaves_nothing_on_the_loop(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_thread(*args: object) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(harness.exits, "watch", no_thread)
+    process_id = ProcessId.new()
+    child = spawn_child(process_id, Cmd("sleep", ["300"], SAYS), harness.work_dir, harness.devnull)
+    fd = child.message_out
+    assert fd is not None
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        ManagedProcess(
+            process_id, child, harness.exits, lambda: child, harness.pace, harness.emit, False
+        )
+    discard_child(child)  # as the actor undoes a spawn it cannot manage
+    # The fd is closed; its number goes to the next fd opened. Nothing may watch it any more
+    # (remove_reader says whether something did, and removes it).
+    assert not harness.loop.remove_reader(fd)

@@ -227,7 +227,8 @@ def _summary(doc: str) -> str:
 def _unasync(doc: str) -> str:
     for old, new in UNASYNC_DOC:
         doc = doc.replace(old, new)
-    return doc
+    doc = re.sub(r"\bhandle\.", "pm.", doc)
+    return re.sub(r"(?m)^(>>>|\.\.\.)(.*)\bawait ", r"\1\2", doc)
 
 
 def _docstring(text: str) -> str:

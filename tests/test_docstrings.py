@@ -74,56 +74,7 @@ pytestmark = pytest.mark.timeout(DOCSTRING_TIMEOUT)
 
 #: Examples known to be wrong, by docstring, in modules this branch does not change; the value
 #: is the fix. They are marked xfail and not run; remove an entry once its fix is in.
-KNOWN_BROKEN: dict[str, str] = {
-    "corral.ProcessEvent": (
-        "_supervision.py: `async for event in handle.subscribe_events()` lacks its `await`, and "
-        "never ends: subscribe first, spawn a process that gives up, break at its GAVE_UP event"
-    ),
-    "corral.MessageStream.batches": (
-        "_streams.py: prints messages its docstring does not show: iterate the stream of a "
-        "process of its own (`seq 3`) and show the lines it prints"
-    ),
-    "corral.ProcessManagerHandle.follow_logs": (
-        "_handle.py: follows a process that runs on, forever: follow one that writes two "
-        "lines to stderr and exits, and show them"
-    ),
-    "corral.ProcessManagerHandle.release": (
-        "_handle.py: waits for a process that runs on: release one that exits by itself (`true`)"
-    ),
-    "corral.ProcessManagerHandle.subscribe_events": (
-        "_handle.py: iterates events until the manager is aborted: subscribe, spawn `true`, "
-        "show its two events and break at EXITED"
-    ),
-    "corral.ProcessManagerHandle.subscribe_message_stream": (
-        "_handle.py: iterates a stream that never ends: send a message to the echoing child, "
-        "show it, and break"
-    ),
-    "corral.ScopedProcessHandle": (
-        "_handle.py: `...` in the block is an expression statement, echoed as `Ellipsis`: "
-        "`pass  # the sleep is killed here`"
-    ),
-    "corral.SyncProcessHandle": "_sync.py: terminate's exit status is printed but not shown",
-    "corral.SyncProcessManager.follow_logs": (
-        "_sync.py: follows a process that runs on, forever: as for the async follow_logs"
-    ),
-    "corral.SyncProcessManager.get_logs_stdout": (
-        "_sync.py: the lines are printed but not shown: show the tail of `seq 20`"
-    ),
-    "corral.SyncProcessManager.release": (
-        "_sync.py: waits for a process that runs on, and wait's info is printed but not shown"
-    ),
-    "corral.SyncProcessManager.subscribe_events": (
-        "_sync.py: iterates events until the manager is closed: as for the async one"
-    ),
-    "corral.SyncProcessManager.subscribe_message_stream": (
-        "_sync.py: iterates a stream that never ends: as for the async one"
-    ),
-    "corral.SyncProcessManager.wait": (
-        "_sync.py: waits 5 s for a process that runs on, then TimeoutError: wait for one that "
-        "exits, and show its exit status"
-    ),
-    "corral.SyncScopedProcessHandle": "_sync.py: `...` is echoed as `Ellipsis`: use `pass`",
-}
+KNOWN_BROKEN: dict[str, str] = {}
 
 #: The process ``pid`` names: see the module's docstring.
 ECHO = Cmd(
@@ -417,7 +368,7 @@ def test_examples_are_found_in_private_modules_and_public_classes() -> None:
     assert "corral" in names  # the package's own docstring
     assert "corral.LogsQuery.tail" in names  # a method of a public class, defined in _logs
     assert "corral._logs.split_lines" in names  # a private module's function
-    assert "corral._streams.LineFramer" in names  # a private class
+    assert "corral._pipes.LineFramer" in names  # a private class
     assert len(DOCSTRING_TESTS) > 50
 
 

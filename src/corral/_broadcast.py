@@ -695,9 +695,14 @@ class MessageStream(_StreamBase[MessageItem, Message]):
         iterated once it is handed out: the reader may buffer ``capacity`` more while it is
         being processed.
 
+        >>> counter = await handle.spawn(Cmd("seq", ["3"], CmdOptions.with_standard_io_messaging()))
+        >>> stream = await handle.subscribe_message_stream(counter)
         >>> async for batch in stream.batches():
         ...     for message in batch:
         ...         print(message.to_string())
+        1
+        2
+        3
         """
         return BatchStream(self._cursor, skip_lost=self._skip_lost)
 

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._broadcast import ItemStream, MessageStream
 from ._errors import (
+    AbortError,
     CorralError,
     GetLogsError,
     GetProcessInfoError,
     KillProcessError,
-    ManagerAbortedError,
     ReadMessageError,
     ReleaseProcessError,
     SpawnProcessError,
@@ -209,7 +209,7 @@ class SyncManagerMethods:
         """Like :meth:`spawn`; the process is killed when the handle's ``with`` ends.
 
         >>> with pm.spawn_with_scoped_handle(Cmd("sleep", ["60"])) as proc:
-        ...     info = await proc.get_process_info()
+        ...     info = proc.get_process_info()
         """
         return self._bind_scoped(
             self._call(
@@ -277,8 +277,12 @@ class SyncManagerMethods:
         :class:`GetLogsError` (with the ``OSError`` as ``__cause__``) if the log file cannot be
         read, e.g. because someone else deleted it.
 
-        >>> for line in handle.follow_logs(pid, "stderr"):
+        >>> opts = CmdOptions.with_logging(LoggingType.STDERR_ONLY)
+        >>> warner = pm.spawn(Cmd("sh", ["-c", "echo one >&2; echo two >&2"], opts))
+        >>> for line in pm.follow_logs(warner, "stderr"):
         ...     print(line)
+        one
+        two
         """
         return self._iterator(
             *self._open_now(
@@ -325,8 +329,12 @@ class SyncManagerMethods:
         thread's event loop. ``ignore_lost_messages=True`` is ``.ignore_lost_messages()`` on
         the stream: losses are skipped silently.
 
-        >>> for text in (pm.subscribe_message_stream(pid)).strings():
+        >>> stream = pm.subscribe_message_stream(pid)
+        >>> pm.send_message(pid, "ping")  # this child echoes each message back
+        >>> for text in stream.strings():
         ...     print(text)
+        ...     break
+        ping
         """
         return self._message_stream(
             *self._open(
@@ -351,8 +359,14 @@ class SyncManagerMethods:
         (``ignore_lost_messages=True``, or ``.ignore_lost_messages()``, skips it); the manager
         never waits for a subscriber. The stream ends when the manager is aborted.
 
-        >>> for event in pm.subscribe_events():
-        ...     print(event.kind.value, event.process_id, event.exit_status)
+        >>> events = pm.subscribe_events()
+        >>> done = pm.spawn(Cmd("true"))
+        >>> for event in events:
+        ...     print(event.kind.value, event.process_id == done, event.exit_status)
+        ...     if event.kind is EventKind.EXITED:
+        ...         break
+        spawned True None
+        exited True exit code 0
         """
         return self._item_stream(
             *self._open(
@@ -384,8 +398,9 @@ class SyncManagerMethods:
         Raises :class:`ReleaseProcessError` if it is still running (wait for it, or kill it).
         ``CmdOptions(auto_release=True)`` releases a process by itself when it exits.
 
-        >>> info = pm.wait(pid)
-        >>> pm.release(pid)
+        >>> done = pm.spawn(Cmd("true"))
+        >>> info = pm.wait(done)
+        >>> pm.release(done)
         """
         return self._call(
             "release()", ReleaseProcessError, lambda: self._handle.release(process_id)
@@ -426,7 +441,7 @@ class SyncManagerMethods:
         still alive (``grace=0``: SIGKILL at once). Every later call raises an error that is a
         :class:`ManagerAbortedError`.
         """
-        return self._call("abort()", ManagerAbortedError, lambda: self._handle.abort(grace))
+        return self._call("abort()", AbortError, lambda: self._handle.abort(grace))
 
 
 class SyncProcessMethods:

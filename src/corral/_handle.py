@@ -253,8 +253,12 @@ class ProcessManagerHandle:
         :class:`GetLogsError` (with the ``OSError`` as ``__cause__``) if the log file cannot be
         read, e.g. because someone else deleted it.
 
-        >>> async for line in handle.follow_logs(pid, "stderr"):
+        >>> opts = CmdOptions.with_logging(LoggingType.STDERR_ONLY)
+        >>> warner = await handle.spawn(Cmd("sh", ["-c", "echo one >&2; echo two >&2"], opts))
+        >>> async for line in handle.follow_logs(warner, "stderr"):
         ...     print(line)
+        one
+        two
         """
         # Checked now, not at the first anext() of the generator.
         return self._follow_logs(GetLogPath(check_process_id(process_id, GetLogPath.error), stream))
@@ -345,8 +349,12 @@ class ProcessManagerHandle:
         thread's event loop. ``ignore_lost_messages=True`` is ``.ignore_lost_messages()`` on
         the stream: losses are skipped silently.
 
-        >>> async for text in (await handle.subscribe_message_stream(pid)).strings():
+        >>> stream = await handle.subscribe_message_stream(pid)
+        >>> await handle.send_message(pid, "ping")  # this child echoes each message back
+        >>> async for text in stream.strings():
         ...     print(text)
+        ...     break
+        ping
         """
         check_bool(ignore_lost_messages, "ignore_lost_messages", Subscribe.error)
         request = Subscribe(check_process_id(process_id, Subscribe.error), lossless)
@@ -367,8 +375,14 @@ class ProcessManagerHandle:
         (``ignore_lost_messages=True``, or ``.ignore_lost_messages()``, skips it); the manager
         never waits for a subscriber. The stream ends when the manager is aborted.
 
-        >>> async for event in await handle.subscribe_events():
-        ...     print(event.kind.value, event.process_id, event.exit_status)
+        >>> events = await handle.subscribe_events()
+        >>> done = await handle.spawn(Cmd("true"))
+        >>> async for event in events:
+        ...     print(event.kind.value, event.process_id == done, event.exit_status)
+        ...     if event.kind is EventKind.EXITED:
+        ...         break
+        spawned True None
+        exited True exit code 0
         """
         check_bool(ignore_lost_messages, "ignore_lost_messages", SubscribeEvents.error)
         stream = await self._call(SubscribeEvents(replay))
@@ -395,8 +409,9 @@ class ProcessManagerHandle:
         Raises :class:`ReleaseProcessError` if it is still running (wait for it, or kill it).
         ``CmdOptions(auto_release=True)`` releases a process by itself when it exits.
 
-        >>> info = await handle.wait(pid)
-        >>> await handle.release(pid)
+        >>> done = await handle.spawn(Cmd("true"))
+        >>> info = await handle.wait(done)
+        >>> await handle.release(done)
         """
         await self._call(Release(check_process_id(process_id, Release.error)))
 
@@ -460,7 +475,7 @@ class ScopedProcessHandle(ProcessHandle):
     while its process runs, a kill request is posted (best effort; never blocks).
 
     >>> async with await handle.spawn_with_scoped_handle(Cmd("sleep", ["60"])) as proc:
-    ...     ...  # the sleep is killed here
+    ...     pass  # the sleep is killed here
     """
 
     __slots__ = ("_done",)

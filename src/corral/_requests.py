@@ -24,6 +24,7 @@ from ._arguments import (
 )
 from ._broadcast import ItemStream, MessageStream
 from ._errors import (
+    AbortError,
     CorralError,
     GetLogsError,
     GetProcessInfoError,
@@ -225,7 +226,7 @@ class SendSignal(Request[None]):
 class Abort(Request[None]):
     """Terminate every process (SIGKILL after ``grace`` s) and stop the manager."""
 
-    error = ManagerAbortedError
+    error = AbortError
     grace: float = 0.0
 
     def __post_init__(self) -> None:

@@ -42,9 +42,16 @@ class EventKind(enum.Enum):
 class ProcessEvent:
     """One thing that happened to one process, with when (``time.monotonic()``) it happened.
 
-    >>> async for event in handle.subscribe_events():
+    >>> events = await handle.subscribe_events()
+    >>> policy = RestartPolicy.on_failure(max_restarts=1, backoff=Backoff(initial=0.01))
+    >>> flaky = await handle.spawn(Cmd("false", options=CmdOptions(restart_policy=policy)))
+    >>> async for event in events:
     ...     if event.kind is EventKind.GAVE_UP:
-    ...         print(f"{event.process_id} is down: {event.reason}")
+    ...         print(event.process_id == flaky)
+    ...         print(event.reason)
+    ...         break
+    True
+    restarted 1 time(s) within 60 s, the limit of the on_failure policy; last run: exit code 1
     """
 
     kind: EventKind

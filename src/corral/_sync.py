@@ -342,8 +342,14 @@ class BlockingIterator(_Closing, Iterator[T]):
 class BlockingItemStream(BlockingIterator[T]):
     """A blocking :class:`~corral.ItemStream`: an iterator with the same adapters.
 
-    >>> for event in pm.subscribe_events().ignore_lost_messages():
+    >>> events = pm.subscribe_events().ignore_lost_messages()
+    >>> done = pm.spawn(Cmd("true"))
+    >>> for event in events:
     ...     print(event.kind.value)
+    ...     if event.kind is EventKind.EXITED:
+    ...         break
+    spawned
+    exited
     """
 
     def __init__(
@@ -383,8 +389,12 @@ class BlockingMessageStream(BlockingItemStream[Message]):
     the same adapters (``strings()``, ``decoded()``, ``batches()``, ...), each one a blocking
     iterator that takes over this stream's subscription.
 
-    >>> for text in pm.subscribe_message_stream(pid).strings():
+    >>> texts = pm.subscribe_message_stream(pid).strings()
+    >>> pm.send_message(pid, "ping")  # this child echoes each message back
+    >>> for text in texts:
     ...     print(text)
+    ...     break
+    ping
     """
 
     def ignore_lost_messages(self) -> BlockingMessageStream:
@@ -610,7 +620,7 @@ class SyncScopedProcessHandle(SyncProcessHandle):
     while its process runs, a kill request is posted (best effort; never blocks).
 
     >>> with pm.spawn_with_scoped_handle(Cmd("sleep", ["60"])) as proc:
-    ...     ...  # the sleep is killed here
+    ...     pass  # the sleep is killed here
     """
 
     # The async scoped handle does the work: its __aexit__ kills, its finalizer posts a kill.

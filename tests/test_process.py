@@ -529,15 +529,6 @@ async def test_close_releases_every_fd_and_the_process_dir(harness: Harness, end
     assert await collect(stream.strings()) == []  # the subscription ended
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: when ManagedProcess cannot watch its first run (ExitWatcher.watch raises, as "
-    "it does with no thread to be had), _Run.__init__ undoes the guardian registration but not "
-    "the MessageReader it already started: the loop keeps a reader on the child's output fd, "
-    "which discard_child then closes. The next fd opened with that number and watched with "
-    "add_reader is never polled (asyncio only swaps the callback of the stale key), so a later "
-    "process's messages never arrive.",
-)
 async def test_a_process_that_cannot_be_watched_leaves_nothing_on_the_loop(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -680,14 +680,6 @@ def test_a_restart_that_cannot_start_keeps_the_process_dir_and_closes_its_fds(
     remove_process_dir(first.process_dir)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: start_child opens a restart's log files with a plain O_WRONLY | O_CREAT | "
-    "O_APPEND open. The child owns its process dir and may swap a log for a FIFO, where that "
-    "open blocks until a reader comes, freezing the manager's loop at the restart (forever: "
-    "wait()'s own timeout cannot fire), or for a symbolic link, which is followed: the target "
-    "is chmodded to 0600 and gets the next run's output. _logs.open_log refuses both for reading.",
-)
 @pytest.mark.parametrize("kind", ["fifo", "symlink"])
 def test_a_restart_never_opens_a_log_the_child_swapped_for_a_fifo_or_a_link(
     spawner: Spawner, tmp_path: Path, kind: str

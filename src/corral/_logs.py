@@ -164,9 +164,23 @@ def open_child_logs(logging_type: LoggingType | None, process_dir: Path) -> Chil
 
 def _open_for_child(path: Path, logs: ChildLogs) -> int:
     # O_APPEND: writes from both streams of a merged log (and from grandchildren) interleave
-    # without overwriting each other, in the order they were written.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    # without overwriting each other, in the order they were written. A restart reopens a file
+    # the last run could have replaced: as for reading (open_log), a FIFO must not block the
+    # loop (O_NONBLOCK) and a link must not be followed (O_NOFOLLOW); neither is a log.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW
     try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO):  # a link; a FIFO with no reader
+            kind = "a symbolic link" if exc.errno == errno.ELOOP else "a FIFO"
+            raise OSError(exc.errno, f"log file is {kind}, not a regular file", str(path)) from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = _FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+            raise OSError(errno.EINVAL, f"log file is {kind}, not a regular file", str(path))
+        os.set_blocking(fd, True)  # the child gets the file as it expects a file to be
         ensure_mode(fd, 0o600)
     except BaseException:
         os.close(fd)

@@ -74,6 +74,18 @@ class _Run:
         self.kill_group_at_exit = False
         self.writer: MessageWriter | None = None
         self.reader: MessageReader | None = None
+        #: The group's entry with the guardian (None once forgotten, or without a guardian).
+        self._guard = guardian.register_group(self.pid, guard_dir)
+        #: Nothing is left of the group, or its id is no longer ours: never signal it again.
+        self._group_gone = False
+        self._on_exit = on_exit
+        # Watched before its pipes are: a watch that cannot start (no thread to wait with)
+        # leaves nothing on the loop, and the spawn is undone by the caller, fds included.
+        try:
+            self.watch: ExitWatch | None = exits.watch(child.popen, self._exited, self._before_reap)
+        except BaseException:
+            guardian.unregister_group(self._guard)
+            raise
         if child.message_in is not None:
             self.writer = MessageWriter(child.message_in, process_id=process_id, loop=exits.loop)
         if child.message_out is not None and broadcast is not None:
@@ -83,16 +95,6 @@ class _Run:
                 max_message_bytes=child.cmd.options.max_message_bytes,
                 exit_status=lambda: self.exit_status,
             )
-        #: The group's entry with the guardian (None once forgotten, or without a guardian).
-        self._guard = guardian.register_group(self.pid, guard_dir)
-        #: Nothing is left of the group, or its id is no longer ours: never signal it again.
-        self._group_gone = False
-        self._on_exit = on_exit
-        try:
-            self.watch: ExitWatch | None = exits.watch(child.popen, self._exited, self._before_reap)
-        except BaseException:  # e.g. no thread to wait with: the spawn is undone by the caller
-            guardian.unregister_group(self._guard)
-            raise
 
     def _before_reap(self) -> None:
         # The leader exited; its zombie holds the group id until the reap. From the reap on the

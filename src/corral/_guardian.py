@@ -11,10 +11,10 @@ parent that restored SIGPIPE's default action.
 What it must clean up lives in a shared table: a small file in memory (``memfd``, or an unlinked
 temp file elsewhere) that the parent maps and the guardian reads only once, at the end. A spawn
 registers its child's group, and its process dir, by writing one entry there: a few stores, no
-system call, and the guardian is not woken. Before this table, each spawn was a write that
-woke the guardian, and the wake-ups cost more CPU than the write on a small machine where the
-guardian, the parent and the children share two cores. The socket still carries what is rare: the
-dirs of managers (their temp dirs, and the working dirs their process dirs live in).
+system call, and the guardian is not woken: a message per spawn would wake it each time, and on
+a small machine, where the guardian, the parent and the children share two cores, the wake-ups
+cost more CPU than the message. The socket carries what is rare: the dirs of managers (their temp
+dirs, and the working dirs their process dirs live in).
 
 An entry is published with its group id written last, a single aligned 4-byte store: a parent
 killed in the middle leaves an entry the guardian skips, never a torn group id. A group stays
@@ -28,7 +28,8 @@ The parent watches its guardian: a daemon thread waits for it, and when it dies 
 a stray SIGKILL) starts a new one at once. The new guardian shares the table, so it knows every
 group and process dir already; what went through the socket is told again.
 
-Why not ``PR_SET_PDEATHSIG`` in each child (measured on a 2-core Linux VM, ``/bin/true``)?
+Why not ``PR_SET_PDEATHSIG`` in each child (``/bin/true`` on a 2-core Linux VM; the last section
+of ``bench/spawn.py`` measures these ways again)?
 
 ==============================  ===========  ==========================================
 way                             spawns/s     notes

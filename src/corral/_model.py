@@ -610,7 +610,8 @@ class CmdOptions:
 _MISSING = object()
 
 # CmdOptions() once, validated: ``Cmd(program)`` copies it (~0.5 µs) instead of running twelve
-# validators (~6 µs). Each copy gets its own dicts and list, since options are mutable.
+# validators (~6 µs; python -m timeit -s "from corral import CmdOptions" "CmdOptions()").
+# Each copy gets its own dicts and list, since options are mutable.
 _DEFAULT_FIELDS = dict(CmdOptions().__dict__)
 
 

@@ -64,8 +64,8 @@ __all__ = [
 #: Capacity a reader raises its pipe to once it finds it full (see :class:`MessageReader`).
 DEFAULT_PIPE_SIZE: Final = 256 * 1024
 # Bytes asked of each os.read: a default pipe's capacity. A larger request costs an mmap/munmap
-# per read (measured here: ~13 us for 256 KiB against ~0.8 us for 64 KiB when a line is waiting)
-# and did not make a flood faster end to end.
+# per read (~13 us for 256 KiB against ~0.8 us for 64 KiB when a line is waiting) and does not
+# make a flood faster end to end (bench/messages.py's throughput section, with this changed).
 _READ_SIZE: Final = 64 * 1024
 
 
@@ -237,7 +237,8 @@ class _Poll(enum.Enum):
 # The members as module globals, which is how the reader reads them: in CPython 3.11 an enum
 # member read off its class costs ~75 ns (EnumType defines __getattr__, which takes every
 # attribute read on an enum class off the fast path), a global ~4 ns, and the reader checks its
-# state several times per read: on a message round trip, enum reads cost ~1 us more.
+# state several times per read: on a message round trip, enum reads cost ~1 us more
+# (bench/messages.py's round trips, reading the members off the class).
 _LIVE: Final = _Phase.LIVE
 _DRAINING: Final = _Phase.DRAINING
 _AT_EOF: Final = _Phase.AT_EOF

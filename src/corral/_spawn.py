@@ -277,7 +277,7 @@ def spawn_child(
     process_dir = working_dir / str(process_id)
     try:
         make_private_dir(process_dir)
-        # A str: a Path costs ~3 µs per join, on the way to the exec.
+        # A str: a Path costs ~3 µs per join on the way to the exec (python -m timeit).
         make_private_dir(os.path.join(process_dir, DATA_DIR_NAME))
     except OSError as exc:
         remove_process_dir(process_dir)

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test docs lint typecheck pytest bench clean
+.PHONY: demo test docs lint typecheck pytest bench generate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ demo: $(VENV)/.installed
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python scripts/gen_facades.py --check
+
+# Rewrite the per-process and blocking facades (src/corral/_generated.py) after changing an
+# operation of ProcessManagerHandle.
+generate: $(VENV)/.installed-dev
+	$(BIN)/python scripts/gen_facades.py
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy --strict src

@@ -406,9 +406,13 @@ def generate() -> str:
 
 
 def _format(code: str) -> str:
-    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    # The interpreter's own ruff, the project's .venv's (make test makes it), or any on PATH.
+    places = [Path(sys.executable).parent, ROOT / ".venv" / "bin"]
+    ruff = next(
+        (found for place in places if (found := shutil.which("ruff", path=str(place)))), None
+    ) or shutil.which("ruff")
     if ruff is None:
-        raise SystemExit("ruff is needed to format the generated code: pip install -e '.[dev]'")
+        raise SystemExit("ruff is needed to format the generated code: run make test first")
     fix = [ruff, "check", "--fix-only", "--quiet", "--stdin-filename", str(TARGET), "-"]
     code = subprocess.run(fix, input=code, capture_output=True, text=True, check=True).stdout
     fmt = [ruff, "format", "--quiet", "--stdin-filename", str(TARGET), "-"]

@@ -29,6 +29,7 @@ from corral import (
     ProcessManagerHandle,
     ProcessNotFoundError,
 )
+from corral._spawn import SPARES_DIR_PREFIX
 
 #: Bound for every wait in the tests: generous, never reached when things work.
 _T = TypeVar("_T")
@@ -124,6 +125,12 @@ class LoopTurns:
 
 
 # --- the process table of the OS -------------------------------------------------------------
+
+
+def process_dirs(work_dir: Path) -> list[Path]:
+    """What a working dir holds, but the manager's spares: the emptied process dirs it keeps for
+    reuse while it lives (a dir of its own, removed when it ends)."""
+    return sorted(p for p in work_dir.iterdir() if not p.name.startswith(SPARES_DIR_PREFIX))
 
 
 def fd_count() -> int:

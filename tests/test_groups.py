@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-from conftest import TIMEOUT, pid_alive, pidfd, start_time, wait_fd_readable
+from conftest import TIMEOUT, pid_alive, pidfd, process_dirs, start_time, wait_fd_readable
 from test_cli import assert_nothing_left, child_pids, run_cli, write_procfile
 from test_lifecycle import bash, bounded, first_lines, signal_pending, start_guardian
 
@@ -123,7 +123,7 @@ async def test_abort_kills_the_background_jobs_of_exited_children(work_dir: Path
         await asyncio.wait_for(handle.abort(grace=0.3), TIMEOUT)
         await wait_fd_readable(polite)
         await wait_fd_readable(stubborn)
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 async def test_a_restart_kills_what_the_last_run_left_first(

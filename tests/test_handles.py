@@ -15,6 +15,7 @@ from conftest import (
     exercise_handle,
     pid_alive,
     pidfd,
+    process_dirs,
     sleep_cmd,
     start_time,
     wait_fd_readable,
@@ -61,7 +62,7 @@ async def test_process_handle_methods(manager: ProcessManagerHandle, work_dir: P
     async with asyncio.timeout(TIMEOUT):
         final, _ = await asyncio.gather(process.wait(), process.kill())
     assert final == ProcessInfo(info.pid, ExitStatus(None, signal.SIGKILL, False), False)
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
     with pytest.raises(ProcessNotFoundError) as caught:
         await process.kill()
     assert isinstance(caught.value, KillProcessError)
@@ -91,7 +92,7 @@ async def test_scoped_handle_kills_at_block_exit(
         assert (await process.get_process_info()).is_running
     assert not pid_alive(pid, started)  # killed and reaped when the block ended
     assert await manager.list_processes() == []
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 async def test_scoped_handle_kills_on_exception(
@@ -108,7 +109,7 @@ async def test_scoped_handle_kills_on_exception(
         await fail_inside()
     assert not pid_alive(pid, started)
     assert await manager.list_processes() == []
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 async def test_scoped_handle_kills_on_cancellation(manager: ProcessManagerHandle) -> None:
@@ -144,7 +145,7 @@ async def test_scoped_handle_after_abort(work_dir: Path) -> None:
     handle = ProcessManager.spawn(work_dir)
     async with await handle.spawn_with_scoped_handle(sleep_cmd()):
         await handle.abort()  # leaving the block is quiet: the process is gone already
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 async def test_collected_scoped_handle_kills_its_process(manager: ProcessManagerHandle) -> None:
@@ -184,7 +185,7 @@ async def test_handle_used_from_another_thread(
     assert status == ExitStatus(6, None, False)
     assert running
     assert await manager.list_processes() == []
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 async def test_handle_used_from_many_threads_at_once(
@@ -206,7 +207,7 @@ async def test_handle_used_from_many_threads_at_once(
     assert [len(r) for r in results] == [10] * 5
     assert {s for r in results for s in r} == {ExitStatus(0, None, True)}
     assert await manager.list_processes() == []
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 async def test_errors_cross_threads_with_their_classes(manager: ProcessManagerHandle) -> None:
@@ -247,7 +248,7 @@ async def test_manager_on_a_closed_loop(tmp_path: Path) -> None:
         asyncio.to_thread(asyncio.run, start()), TIMEOUT
     )
     assert not pid_alive(pid, started)
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
     calls = [
         (GetProcessInfoError, handle.get_process_info(process_id)),
         (KillProcessError, handle.kill(process_id)),
@@ -292,7 +293,7 @@ async def test_manager_loop_in_a_thread_serving_this_loop(tmp_path: Path) -> Non
         stop.set()
         await asyncio.to_thread(thread.join, TIMEOUT)
     assert not thread.is_alive()
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 async def test_spawn_cancelled_in_another_thread_after_the_reply_was_sent(

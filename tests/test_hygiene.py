@@ -13,6 +13,7 @@ from conftest import (
     assert_no_zombie,
     fd_count,
     pid_alive,
+    process_dirs,
     read_record,
     record_cmd,
     run_program_without_abort,
@@ -42,9 +43,9 @@ async def test_200_concurrent_spawns_all_reaped(
     assert {info.exit_status for info in infos} == {ExitStatus(0, None, True)}
     assert len({info.pid for info in infos}) == 200
     assert_no_zombie()
-    assert len(list(work_dir.iterdir())) == 200  # exited processes stay known until killed
+    assert len(process_dirs(work_dir)) == 200  # exited processes stay known until killed
     await asyncio.gather(*(manager.kill(i) for i in ids))
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
     assert await manager.list_processes() == []
     assert_no_zombie()
 
@@ -57,7 +58,7 @@ async def test_200_concurrent_running_processes_killed_by_abort(work_dir: Path) 
     await asyncio.wait_for(handle.abort(), TIMEOUT * 3)
     assert_no_zombie()
     assert not any(info.pid is not None and pid_alive(info.pid) for info in infos)
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 async def test_fd_count_back_to_baseline_after_100_spawn_kill_cycles(
@@ -74,7 +75,7 @@ async def test_fd_count_back_to_baseline_after_100_spawn_kill_cycles(
         await manager.wait(process_id, TIMEOUT)
         await manager.kill(process_id)
     assert fd_count() == baseline
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
     assert_no_zombie()
 
 
@@ -93,7 +94,7 @@ async def test_fd_count_back_to_baseline_after_failed_spawns(
             with pytest.raises(SpawnProcessError):
                 await manager.spawn(cmd)
     assert fd_count() == baseline
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 async def test_a_manager_releases_its_fds(work_dir: Path) -> None:
@@ -114,9 +115,9 @@ async def test_own_temp_dir_is_private_and_removed(tmp_path: Path, restore_umask
     await handle.wait(process_id, TIMEOUT)
     working_dir = Path(read_record(tmp_path / "out")["env"][PROCESS_DATA_DIR_ENV_NAME]).parents[1]
     assert stat.S_IMODE(working_dir.stat().st_mode) == 0o700
-    assert [p.name for p in working_dir.iterdir()] == [str(process_id)]
+    assert [p.name for p in process_dirs(working_dir)] == [str(process_id)]
     await handle.kill(process_id)
-    assert list(working_dir.iterdir()) == []
+    assert process_dirs(working_dir) == []
     await handle.abort()
     assert not working_dir.exists()
 
@@ -132,7 +133,7 @@ async def test_working_dir_holds_only_process_dirs(
         await manager.kill(process_id)
     assert [p.name for p in work_dir.iterdir() if not p.name.startswith(".")] == ["users-file"]
     await manager.abort()
-    assert [p.name for p in work_dir.iterdir()] == ["users-file"]
+    assert [p.name for p in process_dirs(work_dir)] == ["users-file"]
 
 
 # --- a program that ends without abort() ----------------------------------------------------------
@@ -143,7 +144,7 @@ def test_children_do_not_outlive_a_program_without_abort(work_dir: Path, ending:
     pids = run_program_without_abort(work_dir, ending)
     for pid, started in pids:
         assert not pid_alive(pid, started), f"child {pid} outlived its program"
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 async def test_test_helpers_see_a_live_process(manager: ProcessManagerHandle) -> None:

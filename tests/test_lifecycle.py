@@ -39,6 +39,7 @@ from conftest import (
     fd_count,
     parent_of,
     pid_alive,
+    process_dirs,
     sleep_cmd,
     start_time,
     wait_exited,
@@ -203,7 +204,7 @@ async def test_grandchild_dies_with_its_parents_group(
     assert not pid_alive(grandchild, started)
     if ending != "kill":
         await bounded(manager.kill(process_id))
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
     assert_no_zombie()
 
 
@@ -257,7 +258,7 @@ async def test_child_exiting_on_sigterm_returns_promptly_and_stays_known(
     await bounded(manager.kill(process_id))
     with pytest.raises(ProcessNotFoundError):
         await manager.get_process_info(process_id)
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 async def test_terminate_errors(manager: ProcessManagerHandle) -> None:
@@ -392,7 +393,7 @@ async def test_child_exiting_on_its_own_is_reaped_promptly(
     pids = {info.pid for info in await asyncio.gather(*(manager.get_process_info(i) for i in ids))}
     assert not pids & children_of_self()
     await asyncio.gather(*(manager.kill(i) for i in [process_id, *ids]))
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 # --- abort ----------------------------------------------------------------------------------------
@@ -409,7 +410,7 @@ async def test_abort_of_500_live_children_within_2_seconds(work_dir: Path) -> No
     assert time.monotonic() - began < 2.0
     assert not any(pid_alive(pid, started) for pid, started in pids)
     assert_no_zombie()
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 async def test_abort_kills_children_ignoring_sigterm_after_one_grace(work_dir: Path) -> None:
@@ -426,7 +427,7 @@ async def test_abort_kills_children_ignoring_sigterm_after_one_grace(work_dir: P
     assert 0.3 <= elapsed < 3.0
     assert not any(pid_alive(pid, started) for pid, started in pids)
     assert_no_zombie()
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 # --- a thousand children alive at once ------------------------------------------------------------
@@ -469,7 +470,7 @@ async def test_1000_live_children_without_a_thread_each(work_dir: Path, enough_f
     assert not any(pid_alive(pid, started) for pid, started in pids)
     assert_no_zombie()
     assert fd_count() == baseline
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 # --- churn ----------------------------------------------------------------------------------------
@@ -517,7 +518,7 @@ async def test_churn_leaves_no_zombie_fd_dir_or_memory(
     def assert_nothing_left() -> None:
         assert_no_zombie()
         assert fd_count() == fds
-        assert list(work_dir.iterdir()) == []
+        assert process_dirs(work_dir) == []
 
     # Warm-up: the guardian, caches, the loop's structures, and the manager's buffer of recent
     # events (1024), which a few hundred cycles fill: from then on it holds as much as it drops.
@@ -653,7 +654,7 @@ def test_the_guardian_reads_a_grown_table(tmp_path: Path) -> None:
         guardian.stdin.close()  # as if the parent died
         assert guardian.wait(TIMEOUT) == 0
         assert [sleeper.wait(TIMEOUT) for sleeper in sleepers] == [-signal.SIGKILL] * 3
-        assert sorted(work.iterdir()) == dead_dirs
+        assert process_dirs(work) == dead_dirs
     finally:
         for sleeper in sleepers:
             sleeper.kill()
@@ -888,7 +889,7 @@ async def test_no_child_outlives_a_parent_killed_with_sigkill(
         if own_dir:
             assert not manager_dir.exists()
         else:
-            assert list(work_dir.iterdir()) == []  # the user's dir stays, empty
+            assert process_dirs(work_dir) == []  # the user's dir stays, empty
     finally:
         parent.kill()
         parent.wait(TIMEOUT)

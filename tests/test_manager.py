@@ -23,6 +23,7 @@ from conftest import (
     fd_count,
     pid_alive,
     pidfd,
+    process_dirs,
     read_record,
     record_cmd,
     sleep_cmd,
@@ -121,7 +122,7 @@ async def test_async_with_aborts_at_exit(work_dir: Path) -> None:
         assert pid is not None
         started = start_time(pid)
     assert not pid_alive(pid, started)
-    assert list(work_dir.iterdir()) == []  # a user-given working dir stays, emptied
+    assert process_dirs(work_dir) == []  # a user-given working dir stays, emptied
     with pytest.raises(ManagerAbortedError):
         await handle.list_processes()
 
@@ -136,7 +137,7 @@ async def test_async_with_aborts_on_exception(work_dir: Path) -> None:
 
     with pytest.raises(ZeroDivisionError):
         await fail_inside()
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
     with pytest.raises(ManagerAbortedError):
         await handle.abort()
 
@@ -276,7 +277,7 @@ async def test_custom_runnable_cleaned_once_after_a_failed_spawn(
     assert len(runnable.bootstrapped) == 1
     assert runnable.cleaned == runnable.bootstrapped
     assert runnable.bootstrapped[0].name == str(caught.value.process_id)
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
     assert await manager.list_processes() == []
 
 
@@ -301,7 +302,7 @@ async def test_runnable_failing_in_bootstrap(manager: ProcessManagerHandle, work
         await manager.spawn(runnable)
     assert isinstance(caught.value.__cause__, RuntimeError)
     assert runnable.cleaned == []  # bootstrap did not finish: nothing of the Runnable to undo
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 async def test_runnable_returning_no_cmd(manager: ProcessManagerHandle, work_dir: Path) -> None:
@@ -309,7 +310,7 @@ async def test_runnable_returning_no_cmd(manager: ProcessManagerHandle, work_dir
     with pytest.raises(SpawnProcessError, match="not a Cmd"):
         await manager.spawn(runnable)
     assert len(runnable.cleaned) == 1
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 async def test_spawning_something_that_is_not_runnable(manager: ProcessManagerHandle) -> None:
@@ -365,7 +366,7 @@ async def test_bad_spawn_raises_and_leaves_nothing(
     assert isinstance(error.__cause__, cause)
     assert isinstance(error.process_id, ProcessId)
     assert str(error.process_id) in str(error)
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
     assert fd_count() == fds
     assert await manager.list_processes() == []
 
@@ -403,7 +404,7 @@ async def test_failed_spawn_with_logging_leaves_no_log_fd_or_dir(
     assert isinstance(caught.value.__cause__, FileNotFoundError)
     assert str(caught.value.process_id) in str(caught.value)
     assert fd_count() == fds
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
     assert await manager.list_processes() == []
 
 
@@ -423,7 +424,7 @@ async def test_failed_spawn_with_messaging_leaves_no_fifo_and_no_fd(
     with pytest.raises(SpawnProcessError) as info:
         await manager.spawn(Cmd("/no/such/program", [], options))
     assert isinstance(info.value.__cause__, FileNotFoundError)
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
     assert fd_count() == before
     assert await manager.list_processes() == []
 
@@ -449,7 +450,7 @@ async def test_named_pipes_are_private_fifos_named_in_the_env(
         else:
             assert name not in env
     await manager.kill(process_id)
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 # --- identity, data dir, environment -----------------------------------------------------------
@@ -472,7 +473,7 @@ async def test_process_dir_and_data_dir_are_private(
     assert data_dir.is_dir()
     assert stat.S_IMODE(process_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
-    assert [p.name for p in work_dir.iterdir()] == [str(process_id)]
+    assert [p.name for p in process_dirs(work_dir)] == [str(process_id)]
 
 
 async def test_inherited_environment_with_envs_and_removals(
@@ -740,7 +741,7 @@ async def test_kill_a_running_process(manager: ProcessManagerHandle, work_dir: P
     assert info.exit_status == ExitStatus(None, signal.SIGKILL, False)
     assert info.pid == pid
     assert not pid_alive(pid, started)
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
     assert await manager.list_processes() == []
 
 
@@ -767,7 +768,7 @@ async def test_kill_an_exited_process(manager: ProcessManagerHandle, work_dir: P
     info = await manager.wait(process_id, TIMEOUT)
     await manager.kill(process_id)
     assert info.exit_status == ExitStatus(0, None, True)
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
     assert await manager.list_processes() == []
 
 
@@ -814,7 +815,7 @@ async def test_abort_kills_everything_and_empties_the_working_dir(work_dir: Path
     starts = [start_time(pid) for pid in pids if pid is not None]
     await handle.abort()
     assert not any(pid_alive(pid, t) for pid, t in zip(pids, starts, strict=True) if pid)
-    assert [p.name for p in work_dir.iterdir()] == ["users-own-file"]
+    assert [p.name for p in process_dirs(work_dir)] == ["users-own-file"]
     assert work_dir.is_dir()
 
 
@@ -838,7 +839,7 @@ async def test_calls_after_abort(work_dir: Path) -> None:
         assert isinstance(caught.value, operation_error)
     with pytest.raises(ManagerAbortedError):
         await handle.abort()
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 async def test_abort_with_calls_in_flight(work_dir: Path) -> None:
@@ -854,7 +855,7 @@ async def test_abort_with_calls_in_flight(work_dir: Path) -> None:
     with contextlib.suppress(ManagerAbortedError):
         info = await asyncio.wait_for(waiter, TIMEOUT)
         assert info.exit_status == ExitStatus(None, signal.SIGTERM, False)
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 async def test_abort_while_a_kill_is_in_progress(work_dir: Path) -> None:
@@ -865,7 +866,7 @@ async def test_abort_while_a_kill_is_in_progress(work_dir: Path) -> None:
     )
     assert kill is None
     assert abort is None
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 async def test_clone_shares_the_manager(manager: ProcessManagerHandle) -> None:
@@ -901,7 +902,7 @@ async def test_cancelled_spawn_leaves_no_process(
     for pid in children_of_self() - before:
         await wait_exited(pid)
     await manager.abort()  # waits for every kill in progress
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 async def test_cancelled_wait_leaves_the_process_alone(manager: ProcessManagerHandle) -> None:

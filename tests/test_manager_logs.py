@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Literal, cast
 
 import pytest
-from conftest import TIMEOUT, fd_count, python_cmd
+from conftest import TIMEOUT, fd_count, process_dirs, python_cmd
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from oracles import FORMS, build, expected, oracle_lines
@@ -334,7 +334,7 @@ async def test_log_files_are_private_in_the_process_dir_and_removed_by_kill(
 
     await manager.kill(process_id)
     assert not process_dir.exists()
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
     for stream in STREAMS:
         with pytest.raises(ProcessNotFoundError) as caught:
             await get_logs(manager, process_id, stream)
@@ -385,7 +385,7 @@ async def test_log_deleted_by_someone_else_fails_and_the_manager_keeps_working(
     assert await manager.get_logs_stdout(other) == ["again"]
     await manager.kill(process_id)
     await manager.kill(other)
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 # --- a running process -------------------------------------------------------------------------
@@ -527,7 +527,7 @@ async def test_follow_ends_when_the_process_is_killed_meanwhile(
     await asyncio.wait_for(enders[0], TIMEOUT)
     # The bytes written before the kill are all delivered, the unterminated line last.
     assert received == ["first", "partial"]
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
     with pytest.raises(ProcessNotFoundError if ending == "kill" else ManagerAbortedError):
         await proc.get_process_info()
 
@@ -572,7 +572,7 @@ def test_logs_on_uvloop(tmp_path: Path, work_dir: Path) -> None:
             assert await collect(handle.follow_logs(process_id)) == ["out 1", "err 1", "out 2"]
             await handle.kill(process_id)
             await follow_a_slow_writer(handle, tmp_path, "stdout", via_process_handle=True)
-        assert list(work_dir.iterdir()) == []
+        assert process_dirs(work_dir) == []
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(scenario())
@@ -598,4 +598,4 @@ async def test_no_fd_leak_over_many_logged_processes(
     for i in range(50):
         await cycle(BOTH if i % 2 else MERGED)
     assert fd_count() == before
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []

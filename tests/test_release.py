@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TIMEOUT, children_of_self, collect, python_cmd, sleep_cmd
+from conftest import TIMEOUT, children_of_self, collect, process_dirs, python_cmd, sleep_cmd
 
 from corral import (
     Cmd,
@@ -37,7 +37,7 @@ async def test_release_forgets_an_exited_process_and_removes_its_dir(
     assert (work_dir / str(pid)).is_dir()
     events = await manager.subscribe_events()
     await manager.release(pid)
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
     assert await manager.list_processes() == []
     with pytest.raises(ProcessNotFoundError):
         await manager.get_process_info(pid)
@@ -58,7 +58,7 @@ async def test_release_refuses_a_running_process(
     assert caught.value.process_id == pid
     assert (await manager.get_process_info(pid)).is_running
     await manager.kill(pid)
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 async def test_release_refuses_a_process_whose_restart_is_pending(
@@ -92,7 +92,7 @@ async def test_auto_released_runs_leave_no_entry_and_no_dir(
                     break
     assert released == set(ids)
     assert await manager.list_processes() == []
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 async def test_auto_release_delivers_every_message_first(manager: ProcessManagerHandle) -> None:
@@ -116,7 +116,7 @@ def test_release_in_the_blocking_api(tmp_path: Path) -> None:
         proc.wait(TIMEOUT)
         proc.release()
         assert pm.list_processes() == []
-        assert list(tmp_path.iterdir()) == []
+        assert process_dirs(tmp_path) == []
 
 
 # --- a spawn that fails after the exec -----------------------------------------------------------
@@ -143,7 +143,7 @@ async def test_a_failure_recording_a_started_child_kills_it(
         except FileNotFoundError:  # another test's child, gone meanwhile
             pass
     assert len(os.listdir("/proc/self/fd")) == fds
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
     assert await manager.list_processes() == []
     monkeypatch.undo()
     pid = await manager.spawn(Cmd("true", options=opts))  # and the manager goes on

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TIMEOUT, assert_no_zombie, fd_count, python_cmd
+from conftest import TIMEOUT, assert_no_zombie, fd_count, process_dirs, python_cmd
 
 from corral import (
     Backoff,
@@ -411,7 +411,7 @@ async def test_abort_with_pending_restarts_is_prompt_and_leaves_nothing(
     assert time.monotonic() - started < 1
     assert kinds(rest) == [EventKind.KILLED] * 5
     assert {event.process_id for event in rest} == set(pending)
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
     assert_no_zombie()
 
 
@@ -628,7 +628,7 @@ async def test_limits_the_child_cannot_set_fail_the_spawn_and_leave_nothing(
     with pytest.raises(SpawnProcessError, match="rlimits / nice"):
         await manager.spawn(Cmd("true", options=options))
     assert await manager.list_processes() == []
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
     assert fd_count() == fds
     assert_no_zombie()
 
@@ -668,7 +668,7 @@ async def test_bad_policies_and_limits_are_refused_at_construction(
     with pytest.raises(CmdOptionsError):
         make()
     assert await manager.list_processes() == []
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 def test_a_bad_option_set_later_is_refused_and_changes_nothing() -> None:

@@ -33,6 +33,7 @@ from conftest import (
     fd_count,
     pid_alive,
     pidfd,
+    process_dirs,
     python_cmd,
     sleep_cmd,
     start_time,
@@ -210,7 +211,7 @@ def exercise(pm: SyncProcessManager) -> None:
 
 def test_the_whole_api_on_real_children(pm: SyncProcessManager, work_dir: Path) -> None:
     exercise(pm)
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 def test_used_as_a_context_manager_it_kills_its_children_and_removes_its_dir() -> None:
@@ -240,7 +241,7 @@ def test_an_exception_in_the_block_closes_it_too(work_dir: Path) -> None:
     assert pm.closed
     [(_, pid, started, _)] = children
     assert not pid_alive(pid, started)
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 def test_wait_timeout_leaves_the_process_running(pm: SyncProcessManager) -> None:
@@ -335,7 +336,7 @@ def test_on_uvloop(work_dir: Path) -> None:
         asyncio.run(exercise_handle(pm.handle))
         _, pid, started, _ = running_child(pm)
     assert not pid_alive(pid, started)
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 # --- threads ------------------------------------------------------------------------------------

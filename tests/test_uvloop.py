@@ -22,6 +22,7 @@ from conftest import (
     exercise_handle,
     pid_alive,
     pidfd,
+    process_dirs,
     run_program_without_abort,
     sleep_cmd,
     start_time,
@@ -71,7 +72,7 @@ def test_spawn_info_wait_kill(work_dir: Path) -> None:
             assert final.exit_status == ExitStatus(None, signal.SIGKILL, False)
             assert final.pid == info.pid
             assert not pid_alive(info.pid, started)
-            assert list(work_dir.iterdir()) == []
+            assert process_dirs(work_dir) == []
             with pytest.raises(ProcessNotFoundError):
                 await handle.get_process_info(process_id)
 
@@ -86,7 +87,7 @@ def test_spawn_info_wait_kill(work_dir: Path) -> None:
             assert isinstance(caught.value.__cause__, FileNotFoundError)
 
     on_uvloop(scenario())
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 def test_abort(work_dir: Path) -> None:
@@ -103,7 +104,7 @@ def test_abort(work_dir: Path) -> None:
         return [(pid, start_time(pid)) for pid in pids if pid is not None and pid_alive(pid)]
 
     assert on_uvloop(scenario()) == []
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 def test_own_temp_dir_removed_by_abort() -> None:
@@ -132,7 +133,7 @@ def test_scoped_handles(work_dir: Path) -> None:
                 gc.collect()
                 await wait_fd_readable(fd)
             assert await handle.list_processes() == []
-            assert list(work_dir.iterdir()) == []
+            assert process_dirs(work_dir) == []
 
     on_uvloop(scenario())
 
@@ -155,7 +156,7 @@ def test_handle_used_from_another_thread(work_dir: Path) -> None:
             assert await handle.list_processes() == []
 
     on_uvloop(scenario())
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 def test_handle_from_this_thread_to_a_uvloop_manager_in_another(work_dir: Path) -> None:
@@ -173,7 +174,7 @@ def test_handle_from_this_thread_to_a_uvloop_manager_in_another(work_dir: Path) 
             await handle.list_processes()
 
     asyncio.run(scenario())
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 def test_100_concurrent_spawns(work_dir: Path) -> None:
@@ -185,13 +186,13 @@ def test_100_concurrent_spawns(work_dir: Path) -> None:
             )
             assert {info.exit_status for info in infos} == {ExitStatus(0, None, True)}
             await asyncio.gather(*(handle.kill(i) for i in ids))
-            assert list(work_dir.iterdir()) == []
+            assert process_dirs(work_dir) == []
             running = await asyncio.gather(*(handle.spawn(sleep_cmd()) for _ in range(100)))
             assert len(await handle.list_processes()) == 100
             assert len(set(running)) == 100
 
     on_uvloop(scenario())
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
     assert_no_zombie()
 
 
@@ -211,10 +212,10 @@ def test_cancelled_spawn_leaves_no_process(work_dir: Path, yields: int) -> None:
                 await wait_exited(pid)
 
     on_uvloop(scenario())
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []
 
 
 def test_program_on_uvloop_without_abort(work_dir: Path) -> None:
     for pid, started in run_program_without_abort(work_dir, "uvloop"):
         assert not pid_alive(pid, started)
-    assert list(work_dir.iterdir()) == []
+    assert process_dirs(work_dir) == []

@@ -60,7 +60,7 @@ from ._requests import (
     Wait,
     running_loop,
 )
-from ._spawn import discard_child, spawn_child, start_child
+from ._spawn import ProcessDirs, discard_child, spawn_child, start_child
 from ._supervision import EventBroadcast, EventKind, ProcessEvent
 from ._workdir import WorkingDir
 
@@ -170,6 +170,7 @@ class Actor:
         self._exits = ExitWatcher(loop)
         self._events = EventBroadcast(_EVENT_CAPACITY, loop)
         self._pacer = Pacer(loop)
+        self._dirs = ProcessDirs(workdir.path, guard=not workdir.owned)
         # Requests waiting behind a spawn that waits for its loop turn (see deliver()).
         self._queue: collections.deque[Envelope[Any]] = collections.deque()
         self._stopped: asyncio.Future[None] = loop.create_future()
@@ -323,7 +324,9 @@ class Actor:
         self._pacer.claim()
         process_id = ProcessId.new()
         try:
-            child = spawn_child(process_id, request.runnable, self.working_dir, self._devnull)
+            child = spawn_child(
+                process_id, request.runnable, self.working_dir, self._devnull, self._dirs
+            )
         except SpawnProcessError:
             raise
         except Exception as exc:  # a Runnable that misbehaves in an unexpected way
@@ -342,6 +345,7 @@ class Actor:
                 self._pacer.submit,
                 self._events.publish,
                 guard_dir=not self._workdir.owned,
+                remove_dir=self._dirs.remove,
             )
         except BaseException as exc:
             # The child runs, but nothing knows it: it must not outlive this call.
@@ -512,6 +516,7 @@ class Actor:
         while self._queue:
             envelope = self._queue.popleft()
             envelope.fail(manager_aborted(envelope.request.error))
+        self._dirs.close()
         self._workdir.release()
         if self._devnull >= 0:
             os.close(self._devnull)

@@ -181,8 +181,11 @@ class ManagedProcess:
         pace: Callable[[Callable[[], None]], None],
         emit: Callable[[EventRecord], None],
         guard_dir: bool,
+        remove_dir: Callable[[Path], bool] = remove_process_dir,
     ) -> None:
         self.id = process_id
+        # How the process dir goes at close: the manager's ProcessDirs recycle it.
+        self._remove_dir = remove_dir
         self.cmd: Cmd = child.cmd
         self.process_dir = child.process_dir
         self._exits = exits
@@ -453,7 +456,7 @@ class ManagedProcess:
         self._run.close()
         if self.broadcast is not None:
             self.broadcast.close()
-        remove_process_dir(self.process_dir)
+        self._remove_dir(self.process_dir)
         if self._guard_dir:
             guardian.unregister_process_dir(self.process_dir)
         self._event(event)

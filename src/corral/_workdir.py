@@ -21,7 +21,7 @@ from pathlib import Path
 from . import _guardian as guardian
 from ._model import ensure_mode
 from ._platform import lock_dir_shared, share_dir_lock, try_lock_dir_exclusive
-from ._spawn import retry_unremoved
+from ._spawn import SPARES_DIR_PREFIX, retry_unremoved
 
 __all__ = ["WorkingDir"]
 
@@ -76,6 +76,9 @@ class WorkingDir:
         stale: tuple[Path, ...] = ()
         fd = try_lock_dir_exclusive(path)
         if fd is not None:  # alone here: any process dir is a leftover
+            for spares in path.glob(f"{SPARES_DIR_PREFIX}*"):
+                # Emptied process dirs kept for reuse by a manager that died: nobody's data.
+                shutil.rmtree(spares, ignore_errors=True)
             stale = tuple(sorted(p for p in path.iterdir() if _is_process_dir(p)))
             if stale:
                 what = "removing" if remove_stale else "leaving (pass remove_stale=True to remove)"

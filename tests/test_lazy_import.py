@@ -40,6 +40,19 @@ def test_the_child_helper_loads_no_asyncio_msgspec_or_private_module(statement: 
     assert out == "[] []\n"
 
 
+def test_the_child_helper_imports_only_small_standard_modules() -> None:
+    """``json``, ``pathlib``, ``typing``, ``threading`` and ``collections`` cost a child several
+    milliseconds of start-up: they are imported when used, or not at all."""
+    out = run_fresh("""
+        import sys
+        before = set(sys.modules)
+        from corral import child
+        print(sorted(set(sys.modules) - before))
+    """)
+    allowed = {"__future__", "_struct", "_thread", "binascii", "corral", "corral.child", "struct"}
+    assert set(ast.literal_eval(out)) <= allowed, out
+
+
 def test_import_corral_loads_no_asyncio_msgspec_or_private_module() -> None:
     out = run_fresh(f"""
         import sys

@@ -22,15 +22,23 @@ to stderr.
 
 from __future__ import annotations
 
+import _thread
 import binascii
-import json
 import os
 import struct
 import sys
-import threading
-from collections.abc import Iterator
-from pathlib import Path
-from typing import IO, Any, Final
+
+# Light to import: a child pays for what it uses. ``json`` (with ``re`` and ``enum``, about half
+# of a bare interpreter's start-up) is imported by the first JSON message, ``pathlib`` by
+# ``data_dir()``, ``typing`` not at all (type checkers treat this name as
+# ``typing.TYPE_CHECKING``), and the output lock comes from ``_thread`` (built in), not
+# ``threading``, which imports ``functools`` and ``collections``; ``MessageIterator`` is an
+# iterator by its methods (``collections.abc.Iterator`` recognizes it), without importing
+# ``collections`` to subclass it. Measured by bench/child_import.py.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import IO, Any, Final
 
 __all__ = ["MessageIterator", "data_dir", "messages", "packb", "send", "unpackb"]
 
@@ -293,6 +301,8 @@ def _encode_value(obj: object, fmt: str | None) -> bytes:
             f"without a format a message must be str or bytes, not {type(obj).__qualname__}"
         )
     if fmt == _JSON:
+        import json
+
         text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         return text.encode("utf-8")
     packed = packb(obj)
@@ -312,6 +322,8 @@ def _decode_value(line: bytes, fmt: str | None) -> Any:
     if fmt is None:
         return line.decode("utf-8", "surrogateescape")
     if fmt == _JSON:
+        import json
+
         return json.loads(line)
     text = line.strip()
     try:
@@ -327,7 +339,7 @@ def _decode_value(line: bytes, fmt: str | None) -> Any:
 # --- the child's side of the pipes --------------------------------------------------------------
 
 
-class MessageIterator(Iterator[Any]):
+class MessageIterator:
     """The incoming messages, one per line; see :func:`messages`.
 
     A message that cannot be decoded raises ``ValueError`` from ``next()`` for that message
@@ -386,7 +398,7 @@ def messages(fmt: object = None) -> MessageIterator:
 
 
 _output: IO[bytes] | None = None
-_output_lock = threading.Lock()
+_output_lock = _thread.allocate_lock()
 
 
 def _output_file() -> IO[bytes]:
@@ -432,4 +444,6 @@ def data_dir() -> Path:
         raise RuntimeError(
             f"{PROCESS_DATA_DIR_ENV_NAME} is not set: this process was not spawned by corral"
         )
+    from pathlib import Path
+
     return Path(path)

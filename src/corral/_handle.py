@@ -306,7 +306,8 @@ class ProcessManagerHandle:
 
         >>> await handle.send_message(pid, Message.from_serializable({"job": 1}, "json"))
         """
-        process_id = check_process_id(process_id, WriteMessageError)
+        if type(process_id) is not ProcessId:  # the usual case costs no call
+            process_id = check_process_id(process_id, WriteMessageError)
         try:
             data = encode_outgoing(message)
         except SerdeError as exc:

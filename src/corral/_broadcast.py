@@ -409,6 +409,24 @@ class Broadcast(Generic[_T]):
         ``LostMessagesError``; the next call goes on with the oldest message still buffered.
         """
         while True:
+            fetched = self._fetch(sub, skip_lost, into)
+            if fetched is not None:
+                return fetched
+            waiter = self._read_waiter()
+            try:
+                await waiter
+            finally:
+                self._read_waiters.pop(waiter, None)
+
+    def _fetch(
+        self, sub: _Subscriber[_T], skip_lost: bool, into: collections.deque[_T]
+    ) -> bool | None:
+        """:meth:`_read_many` without the wait: ``None`` where it would wait for a publish.
+
+        A plain call, so that a stream on the owner loop waits without a coroutine of its own
+        per message (see :meth:`MessageStream.__anext__`).
+        """
+        while True:
             if sub.closed:
                 return False
             pos = sub.pos
@@ -422,6 +440,16 @@ class Broadcast(Generic[_T]):
             if pos < end:
                 capacity = self._capacity
                 start = pos % capacity
+                if end - pos == 1:  # what a round trip reads: no slice
+                    into.append(self._ring[start])  # type: ignore[arg-type]
+                    sub.pos = end
+                    if pos == head:
+                        if len(self._subscribers) == 1:  # _trim() for this one subscriber
+                            self._ring[start] = None
+                            self._head = end
+                        else:
+                            self._trim()
+                    return True
                 stop = start + (end - pos)
                 if stop <= capacity:
                     into.extend(cast("list[_T]", self._ring[start:stop]))
@@ -430,13 +458,7 @@ class Broadcast(Generic[_T]):
                     into.extend(cast("list[_T]", self._ring[: stop - capacity]))
                 sub.pos = end
                 if pos == head:
-                    if end - pos == 1 and len(self._subscribers) == 1:
-                        # _trim() for the only subscriber (this one) and one message: what a
-                        # round trip reads.
-                        self._ring[start] = None
-                        self._head = end
-                    else:
-                        self._trim()
+                    self._trim()
                 # No room is made for a lossless subscriber here: only iterating makes room
                 # (the stream wakes the producer then, see _Cursor.iterated_lossless).
                 return True
@@ -448,12 +470,13 @@ class Broadcast(Generic[_T]):
             # one still reading pulls when it is done, so the others need not ask.
             if pull is not None and self._head == end and pull():
                 continue
-            waiter = self._loop.create_future()
-            self._read_waiters[waiter] = None
-            try:
-                await waiter
-            finally:
-                self._read_waiters.pop(waiter, None)
+            return None
+
+    def _read_waiter(self) -> asyncio.Future[None]:
+        """A future done at the next publish (or close); the waiter takes it out when done."""
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._read_waiters[waiter] = None
+        return waiter
 
     def _release(self, sub: _Subscriber[_T]) -> None:
         """Forget a subscriber that is done, closed or garbage-collected."""
@@ -577,6 +600,18 @@ class _Cursor(Generic[_T]):
         """Wait until ``batch`` holds messages; ``StopAsyncIteration`` at the end."""
         batch = self.batch
         broadcast = self.broadcast
+        if _get_running_loop() is broadcast._loop:  # _read_many() inlined: a coroutine less
+            while not batch:
+                fetched = broadcast._fetch(self.sub, skip_lost, batch)
+                if fetched is None:
+                    waiter = broadcast._read_waiter()
+                    try:
+                        await waiter
+                    finally:
+                        broadcast._read_waiters.pop(waiter, None)
+                elif not fetched and not batch:
+                    raise StopAsyncIteration
+            return
         while not batch:
             more: bool | None
             if asyncio.get_running_loop() is broadcast.loop:
@@ -692,16 +727,23 @@ class MessageStream(_StreamBase[MessageItem, Message]):
     __slots__ = ()
 
     async def __anext__(self) -> Message:
-        # The hot path of every subscriber: pop() inlined, and fill() too on the owner loop (a
-        # coroutine less per wait: ~0.2 us of a round trip, bench/messages.py).
+        # The hot path of every subscriber: pop() inlined, and fill() with _read_many() too on
+        # the owner loop (two coroutines less per wait: ~0.4 us of a round trip,
+        # bench/messages.py --sections round-trips).
         cursor = self._cursor
         batch = cursor.batch
         if not batch:
             broadcast = cursor.broadcast
-            if _get_running_loop() is broadcast._loop:
-                read_many = broadcast._read_many
+            if _get_running_loop() is broadcast._loop:  # fill() inlined
                 while not batch:
-                    if not await read_many(cursor.sub, self._skip_lost, batch) and not batch:
+                    fetched = broadcast._fetch(cursor.sub, self._skip_lost, batch)
+                    if fetched is None:
+                        waiter = broadcast._read_waiter()
+                        try:
+                            await waiter
+                        finally:
+                            broadcast._read_waiters.pop(waiter, None)
+                    elif not fetched and not batch:
                         raise StopAsyncIteration
             else:
                 await cursor.fill(self._skip_lost)

@@ -392,8 +392,7 @@ class MessageReader:
         if (
             data[last] == 10  # b"\n"
             and self._budget
-            and not framer._pieces
-            and not framer._skipping
+            and not framer._size  # nothing held, nothing being skipped
             and data.find(b"\n") == last
             and (framer._limit is None or last <= framer._limit)
         ):

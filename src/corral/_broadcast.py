@@ -728,8 +728,7 @@ class MessageStream(_StreamBase[MessageItem, Message]):
 
     async def __anext__(self) -> Message:
         # The hot path of every subscriber: pop() inlined, and fill() with _read_many() too on
-        # the owner loop (two coroutines less per wait: ~0.4 us of a round trip,
-        # bench/messages.py --sections round-trips).
+        # the owner loop, so that waiting for the next message costs no coroutine of its own.
         cursor = self._cursor
         batch = cursor.batch
         if not batch:

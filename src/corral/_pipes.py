@@ -396,10 +396,11 @@ class MessageReader:
             and data.find(b"\n") == last
             and (framer._limit is None or last <= framer._limit)
         ):
-            # One whole line and nothing held before it: what a round trip reads. Published
-            # without the framer's list, the pending queue and _deliver: ~1 us less per round
-            # trip (bench/messages.py --sections round-trips; tests/test_streams.py and
-            # tests/test_manager_messages.py hold the behaviour, which is _deliver's).
+            # One whole line and nothing held before it: what each read of a message round
+            # trip holds (bench/messages.py --sections round-trips). Published without the
+            # framer's list, the pending queue and _deliver's bookkeeping, with the same
+            # outcome as _deliver: a spent budget or a lossless subscriber's full buffer takes
+            # the general path.
             message = _new_message(Message)
             _set_message_data(message, data[:last])
             if self._broadcast.try_publish(message):

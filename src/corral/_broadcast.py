@@ -48,6 +48,9 @@ __all__ = [
     "process_name",
 ]
 
+# The running loop or None, without get_running_loop()'s exception when there is none.
+_get_running_loop = asyncio._get_running_loop
+
 _T = TypeVar("_T")  # what a buffer holds, or what a stream yields
 _S = TypeVar("_S")  # what the buffer a stream reads holds
 _U = TypeVar("_U")
@@ -220,8 +223,14 @@ class Broadcast(Generic[_T]):
         if self._closed or (self._subscribed_once and not self._subscribers):
             return True
         capacity = self._capacity
-        if self._lossless and self._lossless_blocks():
-            return False
+        lossless = self._lossless
+        if lossless:
+            if len(lossless) == 1:  # the usual case, without _lossless_blocks's generator
+                (sub,) = lossless
+                if sub.pos - len(sub.batch) <= self._next - capacity:
+                    return False
+            elif self._lossless_blocks():
+                return False
         if self._next - self._head >= capacity:
             slot = self._head % capacity
             self._ring[slot] = None
@@ -229,8 +238,11 @@ class Broadcast(Generic[_T]):
         slot = self._next % capacity
         self._ring[slot] = message
         self._next += 1
-        if self._read_waiters:
-            self._wake_readers()
+        if self._read_waiters:  # _wake_readers() inlined: a reader publishes one line this way
+            waiters, self._read_waiters = self._read_waiters, {}
+            for waiter in waiters:
+                if not waiter.done():  # a cancelled waiter is done
+                    waiter.set_result(None)
         return True
 
     def publish_many(self, messages: collections.deque[_T], budget: int) -> int:
@@ -397,6 +409,24 @@ class Broadcast(Generic[_T]):
         ``LostMessagesError``; the next call goes on with the oldest message still buffered.
         """
         while True:
+            fetched = self._fetch(sub, skip_lost, into)
+            if fetched is not None:
+                return fetched
+            waiter = self._read_waiter()
+            try:
+                await waiter
+            finally:
+                self._read_waiters.pop(waiter, None)
+
+    def _fetch(
+        self, sub: _Subscriber[_T], skip_lost: bool, into: collections.deque[_T]
+    ) -> bool | None:
+        """:meth:`_read_many` without the wait: ``None`` where it would wait for a publish.
+
+        A plain call, so that a stream on the owner loop waits without a coroutine of its own
+        per message (see :meth:`MessageStream.__anext__`).
+        """
+        while True:
             if sub.closed:
                 return False
             pos = sub.pos
@@ -410,6 +440,16 @@ class Broadcast(Generic[_T]):
             if pos < end:
                 capacity = self._capacity
                 start = pos % capacity
+                if end - pos == 1:  # what a round trip reads: no slice
+                    into.append(self._ring[start])  # type: ignore[arg-type]
+                    sub.pos = end
+                    if pos == head:
+                        if len(self._subscribers) == 1:  # _trim() for this one subscriber
+                            self._ring[start] = None
+                            self._head = end
+                        else:
+                            self._trim()
+                    return True
                 stop = start + (end - pos)
                 if stop <= capacity:
                     into.extend(cast("list[_T]", self._ring[start:stop]))
@@ -430,12 +470,13 @@ class Broadcast(Generic[_T]):
             # one still reading pulls when it is done, so the others need not ask.
             if pull is not None and self._head == end and pull():
                 continue
-            waiter = self._loop.create_future()
-            self._read_waiters[waiter] = None
-            try:
-                await waiter
-            finally:
-                self._read_waiters.pop(waiter, None)
+            return None
+
+    def _read_waiter(self) -> asyncio.Future[None]:
+        """A future done at the next publish (or close); the waiter takes it out when done."""
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._read_waiters[waiter] = None
+        return waiter
 
     def _release(self, sub: _Subscriber[_T]) -> None:
         """Forget a subscriber that is done, closed or garbage-collected."""
@@ -559,6 +600,18 @@ class _Cursor(Generic[_T]):
         """Wait until ``batch`` holds messages; ``StopAsyncIteration`` at the end."""
         batch = self.batch
         broadcast = self.broadcast
+        if _get_running_loop() is broadcast._loop:  # _read_many() inlined: a coroutine less
+            while not batch:
+                fetched = broadcast._fetch(self.sub, skip_lost, batch)
+                if fetched is None:
+                    waiter = broadcast._read_waiter()
+                    try:
+                        await waiter
+                    finally:
+                        broadcast._read_waiters.pop(waiter, None)
+                elif not fetched and not batch:
+                    raise StopAsyncIteration
+            return
         while not batch:
             more: bool | None
             if asyncio.get_running_loop() is broadcast.loop:
@@ -674,11 +727,25 @@ class MessageStream(_StreamBase[MessageItem, Message]):
     __slots__ = ()
 
     async def __anext__(self) -> Message:
-        # The hot path of every subscriber: pop() inlined.
+        # The hot path of every subscriber: pop() inlined, and fill() with _read_many() too on
+        # the owner loop, so that waiting for the next message costs no coroutine of its own.
         cursor = self._cursor
         batch = cursor.batch
         if not batch:
-            await cursor.fill(self._skip_lost)
+            broadcast = cursor.broadcast
+            if _get_running_loop() is broadcast._loop:  # fill() inlined
+                while not batch:
+                    fetched = broadcast._fetch(cursor.sub, self._skip_lost, batch)
+                    if fetched is None:
+                        waiter = broadcast._read_waiter()
+                        try:
+                            await waiter
+                        finally:
+                            broadcast._read_waiters.pop(waiter, None)
+                    elif not fetched and not batch:
+                        raise StopAsyncIteration
+            else:
+                await cursor.fill(self._skip_lost)
         item = batch.popleft()
         if cursor.lossless and cursor.broadcast._room_waiters:
             cursor.iterated_lossless()

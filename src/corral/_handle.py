@@ -306,18 +306,12 @@ class ProcessManagerHandle:
 
         >>> await handle.send_message(pid, Message.from_serializable({"job": 1}, "json"))
         """
-        process_id = check_process_id(process_id, WriteMessageError)
-        try:
-            data = encode_outgoing(message)
-        except SerdeError as exc:
-            raise bad_argument(
-                WriteMessageError,
-                ValueError,
-                f"cannot send to process {process_id}: {exc}",
-                process_id,
-            ) from exc
-        except TypeError as exc:
-            raise bad_argument(WriteMessageError, TypeError, str(exc)) from None
+        if type(process_id) is not ProcessId:  # the usual case costs no call
+            process_id = check_process_id(process_id, WriteMessageError)
+        if type(message) is bytes and message and message.find(b"\n") < 0:
+            data = message + b"\n"  # what encode_outgoing gives the usual message, without a call
+        else:
+            data = _encode_for(process_id, message)
         if not data:
             return
         mailbox = self._mailbox
@@ -497,3 +491,18 @@ class ScopedProcessHandle(ProcessHandle):
         if not getattr(self, "_done", True):
             self._done = True
             self._manager._post_nowait(Kill(self.id))
+
+
+def _encode_for(process_id: ProcessId, message: Message | str | bytes) -> bytes:
+    """:func:`encode_outgoing`, its errors as ``send_message`` raises them."""
+    try:
+        return encode_outgoing(message)
+    except SerdeError as exc:
+        raise bad_argument(
+            WriteMessageError,
+            ValueError,
+            f"cannot send to process {process_id}: {exc}",
+            process_id,
+        ) from exc
+    except TypeError as exc:
+        raise bad_argument(WriteMessageError, TypeError, str(exc)) from None

@@ -90,6 +90,11 @@ class ProcessId:
         """The id whose canonical text is ``text`` (``ValueError`` if it is not one)."""
         return cls(text)
 
+    def __hash__(self) -> int:
+        # The UUID's own hash, without the dataclass's tuple and UUID.__hash__'s frame: the
+        # manager looks its process up by id on every message sent (bench/messages.py).
+        return hash(self.uuid.int)
+
     def __str__(self) -> str:
         return str(self.uuid)
 

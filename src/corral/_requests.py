@@ -245,12 +245,10 @@ def operation(request: type[Request[Any]]) -> Callable[[F], F]:
     return mark
 
 
-def running_loop() -> asyncio.AbstractEventLoop | None:
-    """The running loop of this thread, or None (where asyncio would raise)."""
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
+#: The running loop of this thread, or None (where ``asyncio.get_running_loop()`` would raise):
+#: asyncio's own C function, without a Python frame and a caught exception around it (every
+#: message sent asks for it).
+running_loop: Callable[[], asyncio.AbstractEventLoop | None] = asyncio._get_running_loop
 
 
 def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:

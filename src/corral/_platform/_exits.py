@@ -44,18 +44,21 @@ HAS_PIDFD = _probe_pidfd()
 _EXITED_NOW = os.WEXITED | os.WNOHANG | os.WNOWAIT if HAS_PIDFD else 0
 
 
+def _not_seen() -> bool:
+    return False
+
+
 class ExitWatch:
     """A running watch on one child; ``cancel()`` stops it (idempotent)."""
 
     def __init__(self, cancel: Callable[[], None], check: Callable[[], bool] | None = None) -> None:
         self._cancel: Callable[[], None] | None = cancel
-        self._check = check
-
-    def check(self) -> bool:
-        """If the child has exited and the loop has not said so yet, handle the exit now (its
-        callbacks run here); True if it did. Costs one system call with a pidfd; elsewhere the
-        waiting thread reports the exit and this returns False."""
-        return self._check is not None and self._cancel is not None and self._check()
+        #: If the child has exited and the loop has not said so yet, handle the exit now (its
+        #: callbacks run here); True if it did. Costs one system call with a pidfd (and returns
+        #: False once the watch is cancelled); elsewhere the waiting thread reports the exit
+        #: and this returns False. The watcher's function itself rather than a method that
+        #: calls it: every message sent to a FIFO asks.
+        self.check: Callable[[], bool] = check if check is not None else _not_seen
 
     def cancel(self) -> None:
         """Stop watching and release the watch's fd (if any)."""
@@ -118,7 +121,11 @@ class ExitWatcher:
             os.close(pidfd)
             raise
 
+        cancelled = False
+
         def cancel() -> None:
+            nonlocal cancelled
+            cancelled = True  # the pidfd is closed: check() must not use it any more
             del self._on_ready[pidfd]
             with contextlib.suppress(OSError, ValueError):  # ValueError: the epoll is closed
                 epoll.unregister(pidfd)
@@ -133,7 +140,7 @@ class ExitWatcher:
 
         def check() -> bool:
             # Exited (a zombie) but not yet seen by the loop: see it now.
-            if os.waitid(os.P_PIDFD, pidfd, _EXITED_NOW) is None:
+            if cancelled or os.waitid(os.P_PIDFD, pidfd, _EXITED_NOW) is None:
                 return False
             readable()
             return True

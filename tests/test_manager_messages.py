@@ -619,11 +619,22 @@ async def test_a_lossy_subscriber_that_does_not_read_does_not_slow_the_child(
     stream = await proc.subscribe_message_stream(lossless=False)
     await proc.send_message("go")
     assert succeeded(await proc.wait(TIMEOUT))  # ran to its end, unread
-    with pytest.raises(LostMessagesError) as lost:
-        await next_item(stream)
-    assert lost.value.count == count - capacity
-    tail = await collect(stream)
-    assert [int(m.to_bytes().split()[0]) for m in tail] == list(range(count - capacity, count))
+    # The reader may still be draining the pipe when wait() returns (on a loaded machine): the
+    # losses may then come in more than one report, but they and the messages add up exactly.
+    lost, seen = 0, []
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            try:
+                message = await anext(stream)
+            except LostMessagesError as exc:
+                lost += exc.count
+            except StopAsyncIteration:
+                break
+            else:
+                seen.append(int(message.to_bytes().split()[0]))
+    assert lost + len(seen) == count
+    assert seen == sorted(seen)
+    assert seen[-capacity:] == list(range(count - capacity, count))
 
 
 async def test_a_dropped_lossless_stream_no_longer_holds_the_child_back(

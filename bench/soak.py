@@ -30,6 +30,8 @@ from scale import fds, rss_kib  # bench/ is on the path of a script run from it
 
 from corral import Cmd, CmdOptions, ExitStatus, LoggingType, ProcessManager
 
+SPARES_DIR_PREFIX = ".corral-spares-"  # corral._spawn.SPARES_DIR_PREFIX
+
 #: The child answers one message over its named pipes and writes to both logged streams.
 CHILD = 'read -r m < "$INPUT_PIPE"; echo "$m" > "$OUTPUT_PIPE"; echo out; echo err >&2'
 TIMEOUT = 30.0
@@ -56,7 +58,8 @@ def snapshot(work_dir: Path) -> dict[str, int]:
     return {
         "zombies": zombies(),
         "fds": fds(),
-        "dirs": len(list(work_dir.iterdir())),
+        # Process dirs; not the manager's spares (emptied dirs it keeps for reuse while it lives).
+        "dirs": sum(1 for p in work_dir.iterdir() if not p.name.startswith(SPARES_DIR_PREFIX)),
         "rss_kib": rss_kib(),
         "objects": len(gc.get_objects()),
     }

@@ -7,7 +7,7 @@
    of a subscribed stream against a hand-written baseline that drives the same child program
    through plain asyncio pipes (``create_subprocess_exec`` with ``stdin``/``stdout=PIPE``, or the
    FIFOs opened by hand and wrapped with ``connect_read_pipe`` / ``connect_write_pipe``), with
-   ``StreamWriter.write`` + ``drain`` and ``StreamReader.readline``. Target >= 0.7x, judged with
+   ``StreamWriter.write`` + ``drain`` and ``StreamReader.readline``. Target >= 0.9x, judged with
    the parent and the child pinned to one CPU: left to the scheduler, a child that lands on
    another CPU of a VM, idle between messages, pays tens of microseconds per wake-up, and which
    child gets that placement changes from child to child, hiding the cost of either side. Those
@@ -25,7 +25,8 @@
    subscriber per 16 messages), and message by message each delivery is one ``async for`` step
    (about 90 ns in CPython 3.11, 10 per message). Shown as well: a lossy subscriber with a large
    buffer (and what it lost), and, for the 10-subscriber figures, a hand-written fan-out (readline,
-   then each line handed to 10 tasks through bounded ``asyncio.Queue`` objects).
+   then each line handed to 10 tasks through bounded ``asyncio.Queue`` objects): 10 lossless
+   subscribers at the default capacity must beat it (>= 1.0x), message by message and batched.
 3. Encode+decode rates of a typical record (8 fields: ints, floats, a bool, a string, a list of
    strings, a nested dict): JSON and MessagePack (base64, hex) through ``Message.from_serializable``
    / ``Message.deserialize``, the same through raw ``msgspec``, against the stdlib ``json`` module.
@@ -71,7 +72,12 @@ from corral import (
     ProcessManagerHandle,
 )
 
+#: Round trips: corral over the hand-written asyncio baseline (same CPU).
+ROUND_TRIP_TARGET = 0.9
+#: One-way throughput: corral over one readline.
 TARGET = 0.7
+#: Ten lossless subscribers at the default capacity over one readline feeding ten Queues.
+FAN_OUT_TARGET = 1.0
 
 # The echo child: one line in, the same line out at once (one unbuffered write per line). It
 # opens OUTPUT_PIPE before INPUT_PIPE, so that a parent that opens its FIFO ends by hand knows
@@ -104,8 +110,8 @@ while pos < end:
 PING = b"0123456789abcdefghijklmnopqrstu"  # 31 bytes; 32 with the newline
 
 
-def verdict(ratio: float) -> str:
-    return "PASS" if ratio >= TARGET else "MISS"
+def verdict(ratio: float, target: float = TARGET) -> str:
+    return "PASS" if ratio >= target else "MISS"
 
 
 def child_env() -> dict[str, str]:
@@ -333,8 +339,8 @@ async def bench_round_trips(
                 f"{our_cpu * 1e6:5.1f})  ratio {ratio:4.2f}"
             )
             if cpu is not None:
-                ratios.append(ratio)
-                line += f" (target >= {TARGET}: {verdict(ratio)})"
+                ratios.append(ratio / ROUND_TRIP_TARGET)  # >= 1 when met
+                line += f" (target >= {ROUND_TRIP_TARGET}: {verdict(ratio, ROUND_TRIP_TARGET)})"
             print(line)
     return ratios
 
@@ -491,6 +497,7 @@ class Way:
     subscribers: int = 1
     corral: bool = True
     target: bool = False  # a corral figure held to the target
+    fan_out_target: bool = False  # held to FAN_OUT_TARGET against the Queue fan-out
     lossy: bool = False
 
 
@@ -513,7 +520,7 @@ async def bench_throughput(
         "   cap = output_buffer_capacity; CPU = the parent's CPU time per message; ratio = "
         "msg/s over the readline baseline's;\n"
         f"   the fan-out baseline hands each line to {fan} tasks through asyncio.Queue"
-        f"({queue_size}) (informative, no target)"
+        f"({queue_size}); 10 lossless subscribers at the default capacity: >= {FAN_OUT_TARGET}x it"
     )
     stdio, fifo = MessagingType.STANDARD_IO, MessagingType.NAMED_PIPE
     ways = [
@@ -555,6 +562,7 @@ async def bench_throughput(
                 target=lossless
                 and output is stdio
                 and (subscribers == 1 or (batched and capacity == max(capacities))),
+                fan_out_target=lossless and subscribers > 1 and capacity == capacities[0],
                 lossy=not lossless,
             )
         )
@@ -584,12 +592,16 @@ async def bench_throughput(
             f"{flood.seconds / count * 1e9:6.0f} {flood.cpu / count * 1e9:5.0f}  {ratio:4.2f}"
         )
         if way.target:
-            ratios.append(ratio)
+            ratios.append(ratio / TARGET)  # >= 1 when met
             line += f" (target >= {TARGET}: {verdict(ratio)})"
         if way.subscribers > 1:
             line += f"  {flood.delivered / flood.seconds / 1e6:4.1f} M deliveries/s"
             if way.corral:
-                line += f", {rate / fan_rate:4.2f}x the fan-out"
+                fan_out = rate / fan_rate
+                line += f", {fan_out:4.2f}x the fan-out"
+                if way.fan_out_target:
+                    ratios.append(fan_out / FAN_OUT_TARGET)
+                    line += f" (target >= {FAN_OUT_TARGET}: {verdict(fan_out, FAN_OUT_TARGET)})"
         if way.lossy:
             line += f"  lost {flood.lost:_} of {count * way.subscribers:_}"
         print(line)
@@ -777,7 +789,7 @@ def main() -> int:
     ratios = asyncio.run(run_async(args))
     if "codecs" in args.sections:
         bench_codecs(args.codec_count, args.rounds)
-    met = sum(r >= TARGET for r in ratios)
+    met = sum(r >= 1 for r in ratios)  # each ratio is over its own target
     print(f"\n{met}/{len(ratios)} targets met")
     return 0 if met == len(ratios) else 1
 

@@ -224,6 +224,13 @@ def _summary(doc: str) -> str:
     return doc.split("\n\n", 1)[0]
 
 
+def _see(summary: str, target: str) -> str:
+    """A summary and where the whole story is (unless the summary points somewhere already)."""
+    if "see :meth:" in summary:
+        return summary
+    return f"{summary}\n\nSee :meth:`{target}`."
+
+
 def _unasync(doc: str) -> str:
     for old, new in UNASYNC_DOC:
         doc = doc.replace(old, new)
@@ -257,7 +264,7 @@ def process_methods(operations: list[Operation]) -> str:
     for op in operations:
         if not op.per_process:
             continue
-        doc = f"{_summary(op.doc)}\n\nSee :meth:`ProcessManagerHandle.{op.name}`."
+        doc = _see(_summary(op.doc), f"ProcessManagerHandle.{op.name}")
         call = f"self._manager.{op.name}(self.id, {_call_args(op.arg_names, True)})"
         call = call.replace(", )", ")")
         body = f"return await {call}" if op.is_async else f"return {call}"
@@ -324,7 +331,7 @@ def sync_process_methods(operations: list[Operation]) -> str:
         if not op.per_process:
             continue
         returns, _ = _blocking(op.returns)
-        doc = f"{_summary(_unasync(op.doc))}\n\nSee :meth:`SyncProcessManager.{op.name}`."
+        doc = _see(_summary(_unasync(op.doc)), f"SyncProcessManager.{op.name}")
         call = f"self._manager.{op.name}(self.id, {_call_args(op.arg_names, True)})"
         out.append(
             _method(op.name, op.params[1:], returns, doc, f"return {call}".replace(", )", ")"))

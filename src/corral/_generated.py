@@ -80,10 +80,7 @@ class ProcessMethods:
         return await self._manager.get_logs_stdout(self.id, query)
 
     async def get_logs_stderr(self, query: LogsQuery = FETCH_ALL) -> list[str]:
-        """Lines of the captured stderr; see :meth:`get_logs_stdout`.
-
-        See :meth:`ProcessManagerHandle.get_logs_stderr`.
-        """
+        """Lines of the captured stderr; see :meth:`get_logs_stdout`."""
         return await self._manager.get_logs_stderr(self.id, query)
 
     def follow_logs(self, stream: LogStream = "stdout") -> AsyncIterator[str]:
@@ -477,10 +474,7 @@ class SyncProcessMethods:
         return self._manager.get_logs_stdout(self.id, query)
 
     def get_logs_stderr(self, query: LogsQuery = FETCH_ALL) -> list[str]:
-        """Lines of the captured stderr; see :meth:`get_logs_stdout`.
-
-        See :meth:`SyncProcessManager.get_logs_stderr`.
-        """
+        """Lines of the captured stderr; see :meth:`get_logs_stdout`."""
         return self._manager.get_logs_stderr(self.id, query)
 
     def follow_logs(self, stream: LogStream = "stdout") -> BlockingIterator[str]:

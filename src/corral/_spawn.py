@@ -203,9 +203,11 @@ SPARES_DIR_PREFIX = ".corral-spares-"
 class ProcessDirs:
     """The process dirs of one manager: made at spawn, gone at kill or release, recycled.
 
-    On a disk, making and removing directories is most of what a spawn costs: on ext4 mounted
-    with ``discard`` (as on many VMs) a mkdir+rmdir pair takes ~0.8 ms, a rename ~2 µs, against
-    ~0.5 ms for a whole spawn+wait of ``/bin/true`` (bench/spawn.py, default working dir). So a
+    On a disk, making and removing directories can be most of what a spawn costs: on ext4
+    without a journal (as on some VMs), where every new inode is checked against those freed
+    recently, a mkdir+rmdir pair took up to ~0.8 ms under churn (12 µs on a journaled ext4), a
+    rename ~2 µs, against ~0.5 ms for a whole spawn+wait of ``/bin/true`` (bench/spawn.py,
+    default working dir). So a
     process dir whose process is gone is emptied of its files and renamed into a spares dir of
     the manager's; the next spawn renames it back under its own id. The caller sees no
     difference: a process dir exists, with its data dir, both 0700, from the spawn on, and is

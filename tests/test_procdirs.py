@@ -199,3 +199,13 @@ async def test_leftover_spares_are_removed_by_the_next_manager_alone_there(
         assert handle.stale_process_dirs == ()
     finally:
         await handle.abort()
+
+
+def test_a_dir_that_goes_after_close_is_removed_not_kept(work_dir: Path) -> None:
+    dirs = ProcessDirs(work_dir, guard=False)
+    kept = dirs.make(ProcessId.new())
+    late = dirs.make(ProcessId.new())
+    assert dirs.remove(kept)
+    dirs.close()
+    assert dirs.remove(late)  # after the manager's end: no spares dir made again, none left
+    assert list(work_dir.iterdir()) == []

@@ -207,24 +207,25 @@ class ProcessDirs:
     without a journal (as on some VMs), where every new inode is checked against those freed
     recently, a mkdir+rmdir pair took up to ~0.8 ms under churn (12 µs on a journaled ext4), a
     rename ~2 µs, against ~0.5 ms for a whole spawn+wait of ``/bin/true`` (bench/spawn.py,
-    default working dir). So a
-    process dir whose process is gone is emptied of its files and renamed into a spares dir of
-    the manager's; the next spawn renames it back under its own id. The caller sees no
-    difference: a process dir exists, with its data dir, both 0700, from the spawn on, and is
-    gone once ``kill`` or ``release`` returns. A dir that holds more than files (anything in the
-    data dir, a subdir, a changed mode) is removed instead, as are spares past :data:`SPARES_MAX`.
+    default working dir). So a process dir whose process is gone is emptied of its files and
+    renamed into a spares dir of the manager's; the next spawn renames it back under its own id.
+    The caller sees no difference: a process dir exists, with its data dir, both 0700, from the
+    spawn on, and is gone once ``kill`` or ``release`` returns. A dir that holds more than files
+    (anything in the data dir, a subdir, a changed mode) is removed instead, as are spares past
+    :data:`SPARES_MAX` and every dir that goes after :meth:`close`.
 
     The spares dir lives in the working dir: removed with it when corral made it, else removed
     at :meth:`close` and, should the program die first, by the guardian.
     """
 
-    __slots__ = ("_guarded", "_made", "_spares", "spares_dir", "working_dir")
+    __slots__ = ("_closed", "_guarded", "_made", "_spares", "spares_dir", "working_dir")
 
     def __init__(self, working_dir: Path, *, guard: bool) -> None:
         self.working_dir = working_dir
         self.spares_dir = os.path.join(working_dir, SPARES_DIR_PREFIX + os.urandom(8).hex())
         self._guarded = guard  # the guardian must remove the spares dir if the program dies
         self._made = False
+        self._closed = False  # no spares any more: a dir that goes later is removed
         self._spares: list[str] = []
 
     def make(self, process_id: ProcessId) -> Path:
@@ -251,7 +252,7 @@ class ProcessDirs:
     def remove(self, process_dir: str | os.PathLike[str]) -> bool:
         """Make ``process_dir`` disappear, into the spares when it can; whether it is gone."""
         path = os.fspath(process_dir)
-        if len(self._spares) < SPARES_MAX and self._empty(path):
+        if not self._closed and len(self._spares) < SPARES_MAX and self._empty(path):
             spare = os.path.join(self._spares_dir(), os.urandom(8).hex())
             try:
                 os.rename(path, spare)
@@ -300,7 +301,8 @@ class ProcessDirs:
         return self.spares_dir
 
     def close(self) -> None:
-        """Remove the spares (at the manager's end)."""
+        """Remove the spares (at the manager's end); no dir becomes a spare after this."""
+        self._closed = True
         self._spares.clear()
         if self._made:
             shutil.rmtree(self.spares_dir, ignore_errors=True)

@@ -29,8 +29,7 @@ from pathlib import Path
 from scale import fds, rss_kib  # bench/ is on the path of a script run from it
 
 from corral import Cmd, CmdOptions, ExitStatus, LoggingType, ProcessManager
-
-SPARES_DIR_PREFIX = ".corral-spares-"  # corral._spawn.SPARES_DIR_PREFIX
+from corral._spawn import SPARES_DIR_PREFIX
 
 #: The child answers one message over its named pipes and writes to both logged streams.
 CHILD = 'read -r m < "$INPUT_PIPE"; echo "$m" > "$OUTPUT_PIPE"; echo out; echo err >&2'

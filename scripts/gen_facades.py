@@ -363,8 +363,6 @@ def _imports(code: str) -> str:
     for name in used:
         target = typing_only if HOMES[name] in IMPORTERS else runtime
         target.setdefault(HOMES[name], set()).add(name)
-    # An error class used at run time is not imported again for type checking.
-    typing_only.get("._errors", set()).difference_update(errors)
     runtime.setdefault("typing", set()).add("TypeVar")
 
     def lines(modules: dict[str, set[str]], indent: str) -> list[str]:

@@ -187,14 +187,14 @@ class Actor:
         message round trip's cost). What waits is a spawn that must wait for the next loop
         turn (see :class:`Pacer`), and every request that came after it.
         """
-        if self._closed:
-            envelope.fail(manager_aborted(envelope.request.error))
-        elif self._queue or (self._pacer.busy and type(envelope.request) is Spawn):
+        if not self._closed and (
+            self._queue or (self._pacer.busy and type(envelope.request) is Spawn)
+        ):
             self._queue.append(envelope)
             if len(self._queue) == 1:
                 self._pacer.submit(self._drain)
         else:
-            self._dispatch(envelope)
+            self._dispatch(envelope)  # answers "aborted" once closed
 
     def _drain(self) -> None:
         """Handle the waiting requests in order; the pacer runs this in a loop turn where a
@@ -211,7 +211,7 @@ class Actor:
 
     def _dispatch(self, envelope: Envelope[Any]) -> None:
         request = envelope.request
-        if self._closed:  # a request that waited behind an abort
+        if self._closed:  # after an abort, or waiting behind one
             envelope.fail(manager_aborted(request.error))
             return
         try:
@@ -362,7 +362,8 @@ class Actor:
         if child.cmd.options.auto_release:
             process.when_down(lambda _: self._start(None, self._auto_release(process)))
         if envelope.abandoned:  # the caller was cancelled: nobody will ever know this id
-            self._on_kill(Kill(process_id), Envelope(Kill(process_id)))
+            kill = Kill(process_id)
+            self._on_kill(kill, Envelope(kill))
         else:
             envelope.resolve(process_id)
 

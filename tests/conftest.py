@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -199,6 +199,20 @@ def children_of(pid: int) -> set[int]:
 def children_of_self() -> set[int]:
     """The pids of this process's children (live or zombie)."""
     return children_of(os.getpid())
+
+
+@contextlib.contextmanager
+def pidfds(processes: Iterable[Sequence[int]]) -> Iterator[list[int]]:
+    """Pidfds on ``processes`` (pid, start time), each checked to be that process and alive."""
+    fds: list[int] = []
+    try:
+        for pid, started in processes:
+            fds.append(os.pidfd_open(pid))
+            assert pid_alive(pid, started), f"process {pid} is not the one reported, or gone"
+        yield fds
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 @contextlib.contextmanager

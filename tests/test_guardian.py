@@ -19,12 +19,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TIMEOUT, pid_alive, wait_fd_readable
+from conftest import TIMEOUT, pid_alive, pidfds, wait_fd_readable
 
 #: The parent: argv[1] the scenario, argv[2] the working dir, argv[3] how it ends ("exit": at
 #: once with os._exit after its report; "wait": blocked until the test SIGKILLs it).
@@ -149,20 +148,6 @@ PARENT = textwrap.dedent(
     sys.stdin.read()  # until the test kills this process
     """
 )
-
-
-@contextlib.contextmanager
-def pidfds(processes: list[list[int]]) -> Iterator[list[int]]:
-    """Pidfds on ``processes`` ([pid, start time]), each checked to be that process."""
-    fds: list[int] = []
-    try:
-        for pid, started in processes:
-            fds.append(os.pidfd_open(pid))
-            assert pid_alive(pid, started), f"process {pid} is not the one reported"
-        yield fds
-    finally:
-        for fd in fds:
-            os.close(fd)
 
 
 async def read_report(parent: subprocess.Popen[bytes]) -> dict[str, Any]:

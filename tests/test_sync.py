@@ -33,6 +33,7 @@ from conftest import (
     fd_count,
     pid_alive,
     pidfd,
+    pidfds,
     process_dirs,
     python_cmd,
     sleep_cmd,
@@ -102,20 +103,6 @@ def wait_readable(fds: Iterable[int], timeout: float = TIMEOUT) -> None:
         for fd, _ in poller.poll(left * 1000):
             pending.discard(fd)
             poller.unregister(fd)
-
-
-@contextlib.contextmanager
-def pidfds(processes: Iterable[tuple[int, int]]) -> Iterator[list[int]]:
-    """Pidfds on ``processes`` (pid, start time), each checked to be that process and alive."""
-    fds: list[int] = []
-    try:
-        for pid, started in processes:
-            fds.append(os.pidfd_open(pid))
-            assert pid_alive(pid, started), f"process {pid} is gone already"
-        yield fds
-    finally:
-        for fd in fds:
-            os.close(fd)
 
 
 def running_child(pm: SyncProcessManager) -> tuple[ProcessId, int, int, Path]:

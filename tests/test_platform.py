@@ -63,10 +63,28 @@ LEADS_A_JOB = "sleep 300 & echo $!; wait"
 LEAVES_A_JOB = "sleep 300 & echo $!"
 
 
+#: For the programs run_python runs: a standard-I/O message round trip with the echo child named
+#: by argv[2], through ``handle``; prints what came back.
+ROUND_TRIP = """
+async def round_trip(handle):
+    from corral import Cmd, CmdOptions, MessagingType
+
+    stdio = MessagingType.STANDARD_IO
+    options = CmdOptions(message_input=stdio, message_output=stdio)
+    proc = await handle.spawn_with_handle(Cmd(sys.executable, [sys.argv[2]], options))
+    stream = await proc.subscribe_message_stream()
+    await proc.send_message("round trip")
+    print((await asyncio.wait_for(anext(stream), 10)).to_string())
+    await proc.kill()
+"""
+
+
 def run_python(code: str, *args: str) -> list[str]:
-    """Run ``code`` in a fresh interpreter (bounded); the lines it printed. It must succeed."""
+    """Run ``code`` in a fresh interpreter (bounded), :data:`ROUND_TRIP` defined first (it
+    imports nothing until called); the lines it printed. It must succeed."""
+    program = ROUND_TRIP + textwrap.dedent(code)
     done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), *args],
+        [sys.executable, "-c", program, *args],
         capture_output=True,
         text=True,
         timeout=TIMEOUT * 3,
@@ -171,20 +189,14 @@ def test_without_pipe2_at_import_standard_io_messaging_works(work_dir: Path) -> 
         """
         import asyncio, os, sys
         del os.pipe2
-        from corral import Cmd, CmdOptions, MessagingType, ProcessManager
+        from corral import ProcessManager
         from corral._platform import _pipes
 
         assert _pipes._make_pipe is _pipes._pipe_then_cloexec
-        STDIO = MessagingType.STANDARD_IO
 
         async def main():
             async with ProcessManager.spawn(sys.argv[1]) as handle:
-                options = CmdOptions(message_input=STDIO, message_output=STDIO)
-                proc = await handle.spawn_with_handle(Cmd(sys.executable, [sys.argv[2]], options))
-                stream = await proc.subscribe_message_stream()
-                await proc.send_message("round trip")
-                print((await asyncio.wait_for(anext(stream), 10)).to_string())
-                await proc.kill()
+                await round_trip(handle)
 
         asyncio.run(main())
         """,
@@ -222,7 +234,7 @@ def test_import_and_spawn_without_fcntl_and_resource(work_dir: Path) -> None:
 
         import asyncio, os
         import corral
-        from corral import Cmd, CmdOptions, CmdOptionsError, MessagingType, ProcessManager
+        from corral import Cmd, CmdOptions, CmdOptionsError, ProcessManager
         from corral import _platform
 
         print("flock", _platform.HAS_FLOCK, "rlimits", _platform.HAS_RLIMITS)
@@ -232,7 +244,6 @@ def test_import_and_spawn_without_fcntl_and_resource(work_dir: Path) -> None:
             CmdOptions(rlimits={"NOFILE": 64})
         except CmdOptionsError as exc:
             print("refused:", exc)
-        STDIO = MessagingType.STANDARD_IO
 
         async def main():
             async with ProcessManager.spawn(sys.argv[1], remove_stale=True) as handle:
@@ -240,12 +251,7 @@ def test_import_and_spawn_without_fcntl_and_resource(work_dir: Path) -> None:
                 niced = CmdOptions(nice=19)  # raising one's niceness needs no privilege
                 pid = await handle.spawn(Cmd("sh", ["-c", "exit $(nice)"], niced))
                 print("exit", (await handle.wait(pid, 10)).exit_status.code)
-                options = CmdOptions(message_input=STDIO, message_output=STDIO)
-                proc = await handle.spawn_with_handle(Cmd(sys.executable, [sys.argv[2]], options))
-                stream = await proc.subscribe_message_stream()
-                await proc.send_message("round trip")
-                print((await asyncio.wait_for(anext(stream), 10)).to_string())
-                await proc.kill()
+                await round_trip(handle)
 
         asyncio.run(main())
         """,

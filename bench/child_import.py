@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 WORKER = """
@@ -59,13 +60,21 @@ def start_up(runs: int, env: dict[str, str]) -> None:
     for _ in range(runs):
         for name, code in ways.items():
             times[name].append(run_once([sys.executable, "-c", code], env))
-    base = statistics.median(times["pass"])
     print(f"start-up, median of {runs} alternating runs each:")
+    print_medians(times, "pass", "pass", lambda name: f"python -c {name!r:28}")
+
+
+def print_medians(
+    times: dict[str, list[float]], base_name: str, versus: str, label: Callable[[str], str]
+) -> None:
+    """Each way's median, and how it compares with ``base_name``'s (called ``versus``),
+    measured in the same run."""
+    base = statistics.median(times[base_name])
     for name, samples in times.items():
         median = statistics.median(samples)
-        line = f"  python -c {name!r:28} {median * 1000:7.1f} ms"
-        if name != "pass":
-            line += f"   {(median - base) * 1000:+7.1f} ms vs pass, {median / base:5.2f}x"
+        line = f"  {label(name)} {median * 1000:7.1f} ms"
+        if name != base_name:
+            line += f"   {(median - base) * 1000:+7.1f} ms vs {versus}, {median / base:5.2f}x"
         print(line)
 
 
@@ -108,14 +117,8 @@ def pool(rounds: int, workers: int, jobs: int, env: dict[str, str], copy_dir: st
     for _ in range(rounds):
         for name, (import_line, way_env) in ways.items():
             times[name].append(pool_once(import_line, workers, jobs, way_env))
-    base = statistics.median(times["stdlib copy"])
     print(f"pool of {workers} workers, {jobs} JSON jobs, median of {rounds} alternating rounds:")
-    for name, samples in times.items():
-        median = statistics.median(samples)
-        line = f"  {name:14} {median * 1000:7.1f} ms"
-        if name != "stdlib copy":
-            line += f"   {(median - base) * 1000:+7.1f} ms vs the copy, {median / base:5.2f}x"
-        print(line)
+    print_medians(times, "stdlib copy", "the copy", lambda name: f"{name:14}")
 
 
 def main() -> None:
